@@ -1,0 +1,162 @@
+"""SmolLM2 (a Llama decoder) with Hugging Face LlamaForCausalLM state-dict keys.
+
+`kernels="torch"` runs the plain-PyTorch references in `kernels/`; `kernels="triton"` runs the fused
+Triton ops. Both give the same numbers within dtype tolerance.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels as K
+from smollm.config import ModelConfig
+
+KERNEL_CHOICES = ("torch", "triton")
+
+
+def select_ops(name: str) -> SimpleNamespace:
+    """The four fused ops, by implementation name."""
+    if name == "torch":
+        return SimpleNamespace(rms_norm=K.rms_norm_reference, rope=K.rope_reference,
+                               swiglu=K.swiglu_reference, linear_cross_entropy=K.linear_cross_entropy_reference)
+    if name == "triton":
+        if not hasattr(K, "rms_norm"):
+            raise NotImplementedError("kernels='triton' needs the Triton ops (kernels.rms_norm, ...), not built yet")
+        return SimpleNamespace(rms_norm=K.rms_norm, rope=K.rope, swiglu=K.swiglu,
+                               linear_cross_entropy=K.linear_cross_entropy)
+    raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, ops: SimpleNamespace):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.ops = ops
+
+    def forward(self, x):
+        return self.ops.rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
+        super().__init__()
+        self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.ops = ops
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, Hq, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
+        q, k = self.ops.rope(q, k, cos, sin)
+        # SDPA wants (B, H, T, Dh); enable_gqa shares each KV head across its query group without
+        # materializing the repeated K/V.
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, enable_gqa=self.n_kv != self.n_head)  # (B, Hq, T, Dh)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.ops = ops
+
+    def forward(self, x):
+        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, T, F) -> (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
+        super().__init__()
+        # Declared in Hugging Face's order, so state-dict keys come out in the same order.
+        self.self_attn = Attention(cfg, ops)
+        self.mlp = MLP(cfg, ops)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+
+    def forward(self, x, cos, sin):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Hugging Face's `LlamaModel`: holds the `model.*` keys."""
+
+    def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, ops) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+
+
+class SmolLM(nn.Module):
+    def __init__(self, config: ModelConfig, kernels: str = "torch"):
+        super().__init__()
+        self.config = config
+        self.kernels = kernels
+        self.ops = select_ops(kernels)
+        self.model = Decoder(config, self.ops)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight  # tied
+        # Not persistent: the state dict holds exactly Hugging Face's keys.
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)  # (P, Dh)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)  # (P, Dh)
+        self.reset_rope()
+        self.apply(self._init_weights)
+
+    @classmethod
+    def empty(cls, config: ModelConfig, kernels: str = "torch", dtype: torch.dtype = torch.float32) -> "SmolLM":
+        """Uninitialized parameters (to be loaded into): skips the seconds that random init takes."""
+        with torch.device("meta"):
+            model = cls(config, kernels)
+        model = model.to_empty(device="cpu")
+        model.lm_head.weight = model.model.embed_tokens.weight  # to_empty unties
+        model.reset_rope()
+        return model.to(dtype)
+
+    def reset_rope(self):
+        cos, sin = K.rope_tables(self.config.head_dim, self.config.max_position_embeddings, self.config.rope_theta)
+        self.rope_cos = cos.to(self.rope_cos.device)
+        self.rope_sin = sin.to(self.rope_sin.device)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (B, T, D) for input_ids (B, T)."""
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, Dh)
+        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        return self.model.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V); with targets (B, T), the mean loss over targets != -100."""
+        h = self.hidden_states(input_ids)  # (B, T, D)
+        if targets is None:
+            return self.lm_head(h)  # (B, T, V)
+        D = h.shape[-1]
+        return self.ops.linear_cross_entropy(h.reshape(-1, D), self.lm_head.weight, targets.reshape(-1))

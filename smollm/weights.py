@@ -1,0 +1,219 @@
+"""Weights in (Hugging Face directory, hub id, GGUF file) and out (a Hugging Face directory that
+`transformers.AutoModelForCausalLM.from_pretrained` loads as it is)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from smollm.config import ModelConfig
+from smollm.model import SmolLM
+
+TIED_KEY = "lm_head.weight"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> SmolLM:
+    """A SmolLM from a Hugging Face directory, a `.gguf` file, or a hub id (when the hub answers)."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        model = load_hf_dir(source, kernels)
+    elif os.path.isfile(source):
+        if not source.endswith(".gguf"):
+            raise ValueError(f"{source}: expected a Hugging Face model directory or a .gguf file")
+        model = load_gguf(source, kernels)
+    elif HUB_ID.match(source) and not source.endswith(".gguf"):
+        model = load_hf_dir(download_from_hub(source), kernels)
+    else:
+        raise FileNotFoundError(f"model source {source!r} does not exist (expected a directory, a .gguf "
+                                f"file, or a hub id like 'HuggingFaceTB/SmolLM2-135M')")
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def download_from_hub(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
+    except Exception as e:  # offline, unknown repo, gated repo: one message that says what to do
+        raise OSError(f"could not get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0]}); pass a local model directory or a .gguf file instead") from e
+
+
+def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
+    """All tensors of model.safetensors, or of the shards named in model.safetensors.index.json."""
+    index = os.path.join(directory, "model.safetensors.index.json")
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as f:
+            files = [os.path.join(directory, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    else:
+        raise FileNotFoundError(f"{directory}: no model.safetensors (or model.safetensors.index.json)")
+    state = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    return state
+
+
+def load_state_checked(model: SmolLM, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with errors that name the tensor and the file."""
+    expected = model.state_dict()
+    state = dict(state)
+    if TIED_KEY not in state and "model.embed_tokens.weight" in state:
+        state[TIED_KEY] = state["model.embed_tokens.weight"]  # Hugging Face omits the tied head
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise KeyError(f"{source}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = [k for k in state if k not in expected and not k.endswith("rotary_emb.inv_freq")]
+    if unexpected:
+        raise KeyError(f"{source}: unexpected tensor {unexpected[0]!r}; not a SmolLM2/Llama checkpoint for this config")
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise ValueError(f"{source}: tensor {key!r} has shape {tuple(state[key].shape)}, the config "
+                             f"expects {tuple(ref.shape)}")
+    if not torch.equal(state[TIED_KEY], state["model.embed_tokens.weight"]):
+        raise ValueError(f"{source}: lm_head.weight differs from model.embed_tokens.weight, but SmolLM2 ties them")
+    with torch.no_grad():
+        for key, ref in expected.items():
+            if key != TIED_KEY:
+                ref.copy_(state[key])
+
+
+def load_hf_dir(directory: str, kernels: str = "torch") -> SmolLM:
+    config = ModelConfig.load(directory)
+    state = read_safetensors(directory)
+    model = SmolLM.empty(config, kernels, dtype=next(iter(state.values())).dtype)
+    load_state_checked(model, state, directory)
+    return model
+
+
+GGUF_LAYER_NAMES = {  # llama.cpp tensor name (in block i) -> Hugging Face name
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+GGUF_TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                  "output.weight": "lm_head.weight"}
+
+
+def _gguf_key(fields, path: str, key: str, default=None):
+    field = fields.get(key)
+    if field is None:
+        if default is not None:
+            return default
+        raise KeyError(f"{path}: GGUF metadata has no {key!r}")
+    return field.contents()
+
+
+def gguf_config(fields, path: str) -> ModelConfig:
+    arch = _gguf_key(fields, path, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path}: GGUF architecture is {arch!r}, expected 'llama' (SmolLM2)")
+    heads = _gguf_key(fields, path, "llama.attention.head_count")
+    hidden = _gguf_key(fields, path, "llama.embedding_length")
+    vocab = fields.get("llama.vocab_size")
+    return ModelConfig(
+        vocab_size=vocab.contents() if vocab else len(_gguf_key(fields, path, "tokenizer.ggml.tokens")),
+        hidden_size=hidden,
+        num_hidden_layers=_gguf_key(fields, path, "llama.block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=_gguf_key(fields, path, "llama.attention.head_count_kv", heads),
+        head_dim=_gguf_key(fields, path, "llama.rope.dimension_count", hidden // heads),
+        intermediate_size=_gguf_key(fields, path, "llama.feed_forward_length"),
+        rms_norm_eps=float(_gguf_key(fields, path, "llama.attention.layer_norm_rms_epsilon")),
+        rope_theta=float(_gguf_key(fields, path, "llama.rope.freq_base", 10000.0)),
+        max_position_embeddings=_gguf_key(fields, path, "llama.context_length"),
+        bos_token_id=_gguf_key(fields, path, "tokenizer.ggml.bos_token_id", 0),
+        eos_token_id=_gguf_key(fields, path, "tokenizer.ggml.eos_token_id", 0),
+    )
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's convert-time permutation of q/k rows (it interleaves the two rotary halves of
+    each head, for its own RoPE kernel): (n_head, Dh/2, 2, D) -> (n_head, 2, Dh/2, D)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def read_gguf(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Config and dequantized fp32 tensors (Hugging Face names) of a llama GGUF file."""
+    from gguf import GGUFReader, dequantize
+
+    try:
+        reader = GGUFReader(path)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+    config = gguf_config(reader.fields, path)
+    state = {}
+    for t in reader.tensors:
+        if t.name in GGUF_TOP_NAMES:
+            name = GGUF_TOP_NAMES[t.name]
+        else:
+            parts = t.name.split(".")  # blk.{i}.{what}.weight
+            if len(parts) != 4 or parts[0] != "blk" or parts[2] not in GGUF_LAYER_NAMES:
+                raise KeyError(f"{path}: unexpected GGUF tensor {t.name!r}")
+            name = f"model.layers.{parts[1]}.{GGUF_LAYER_NAMES[parts[2]]}.weight"
+        w = torch.from_numpy(dequantize(t.data, t.tensor_type).astype("float32", copy=False).copy())
+        if w.numel() != int(t.n_elements):
+            raise ValueError(f"{path}: tensor {t.name!r} has {w.numel()} values, expected {int(t.n_elements)}")
+        w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF lists dims fastest-first
+        if name.endswith("q_proj.weight"):
+            w = unpermute_qk(w, config.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            w = unpermute_qk(w, config.num_key_value_heads)
+        state[name] = w
+    return config, state
+
+
+def load_gguf(path: str, kernels: str = "torch") -> SmolLM:
+    config, state = read_gguf(path)
+    model = SmolLM.empty(config, kernels)
+    load_state_checked(model, state, path)
+    return model
+
+
+def export_hf(model: SmolLM, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> str:
+    """Write config.json + model.safetensors (+ tokenizer files) atomically: into a temporary
+    directory beside out_dir, then renamed into place."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    try:
+        model.config.save(tmp)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_KEY}
+        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+            json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "x"))
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
