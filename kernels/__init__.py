@@ -1,19 +1,28 @@
-"""smollm-triton's kernels: one file per op, each with a plain-PyTorch reference beside it.
+"""smollm-triton's kernels: one file per op, each with Triton forward/backward kernels, a
+torch.library custom op (with a fake implementation, so torch.compile(fullgraph=True) traces
+through it), and a plain-PyTorch reference beside it.
 
 This is the project's own `kernels` package, not Hugging Face's hub `kernels` (same top-level
 name on PyPI). It has no `__version__` and its distribution is `smollm-triton`, so transformers'
 `is_kernels_available()` stays False (tests/test_package.py checks it)."""
 
-from kernels.cross_entropy import linear_cross_entropy_reference
-from kernels.rmsnorm import rms_norm_reference
-from kernels.rope import rope_reference, rope_tables, rotate_half
-from kernels.swiglu import swiglu_reference
+import os
+
+import torch
+
+# Without a GPU, run the kernels on the CPU through Triton's interpreter (correct, not fast). Must
+# be set before the @triton.jit decorators below run.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference  # noqa: E402
+from kernels.rmsnorm import rms_norm, rms_norm_reference  # noqa: E402
+from kernels.rope import rope, rope_reference, rope_tables, rotate_half  # noqa: E402
+from kernels.swiglu import swiglu, swiglu_reference  # noqa: E402
 
 __all__ = [
-    "linear_cross_entropy_reference",
-    "rms_norm_reference",
-    "rope_reference",
-    "rope_tables",
-    "rotate_half",
-    "swiglu_reference",
+    "linear_cross_entropy", "linear_cross_entropy_reference",
+    "rms_norm", "rms_norm_reference",
+    "rope", "rope_reference", "rope_tables", "rotate_half",
+    "swiglu", "swiglu_reference",
 ]

@@ -24,8 +24,6 @@ def select_ops(name: str) -> SimpleNamespace:
         return SimpleNamespace(rms_norm=K.rms_norm_reference, rope=K.rope_reference,
                                swiglu=K.swiglu_reference, linear_cross_entropy=K.linear_cross_entropy_reference)
     if name == "triton":
-        if not hasattr(K, "rms_norm"):
-            raise NotImplementedError("kernels='triton' needs the Triton ops (kernels.rms_norm, ...), not built yet")
         return SimpleNamespace(rms_norm=K.rms_norm, rope=K.rope, swiglu=K.swiglu,
                                linear_cross_entropy=K.linear_cross_entropy)
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
@@ -137,6 +135,12 @@ class SmolLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
+
+    def set_kernels(self, kernels: str) -> "SmolLM":
+        """Switch every module to another implementation in place (they share one ops namespace)."""
+        vars(self.ops).update(vars(select_ops(kernels)))
+        self.kernels = kernels
+        return self
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once

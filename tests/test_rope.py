@@ -1,0 +1,100 @@
+"""kernels/rope.py against its reference (Hugging Face rotate_half). fp32: 1e-5. bf16:
+conftest.assert_bf16_close."""
+
+import pytest
+import torch
+
+from kernels.rope import rope, rope_reference, rope_tables
+
+from conftest import assert_bf16_close
+
+COS, SIN = rope_tables(64, 2048, 10000.0)
+# (B, T, Hq, Hkv, Dh)
+SHAPES = [(1, 1, 9, 3, 64), (2, 16, 9, 3, 64), (3, 7, 4, 2, 32), (1, 33, 1, 1, 64), (2, 5, 8, 8, 16)]
+
+
+def _tables(B, T, D, offset=0, per_batch=False):
+    cos, sin = rope_tables(D, 2048, 10000.0)
+    if per_batch:  # a different start position per sequence: decoding at position p
+        pos = torch.arange(T)[None, :] + torch.tensor([offset + 100 * b for b in range(B)])[:, None]  # (B, T)
+    else:
+        pos = torch.arange(offset, offset + T)
+    return cos[pos], sin[pos]
+
+
+def _run(fn, q, k, cos, sin, dq, dk):
+    q = q.detach().requires_grad_()
+    k = k.detach().requires_grad_()
+    qo, ko = fn(q, k, cos, sin)
+    ((qo * dq).sum() + (ko * dk).sum()).backward()
+    return qo, ko, q.grad, k.grad
+
+
+def _inputs(B, T, Hq, Hkv, D, dtype):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g).to(dtype) for s in ((B, T, Hq, D), (B, T, Hkv, D), (B, T, Hq, D), (B, T, Hkv, D))]
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fp32(shape, per_batch):
+    B, T, Hq, Hkv, D = shape
+    q, k, dq, dk = _inputs(*shape, torch.float32)
+    cos, sin = _tables(B, T, D, offset=5, per_batch=per_batch)
+    for got, want in zip(_run(rope, q, k, cos, sin, dq, dk), _run(rope_reference, q, k, cos, sin, dq, dk)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16(shape):
+    B, T, Hq, Hkv, D = shape
+    q, k, dq, dk = _inputs(*shape, torch.bfloat16)
+    cos, sin = _tables(B, T, D, offset=1000)
+    got = _run(rope, q, k, cos, sin, dq, dk)
+    want = _run(rope_reference, q.float(), k.float(), cos, sin, dq.float(), dk.float())
+    ref16 = _run(rope_reference, q, k, cos, sin, dq, dk)
+    for name, g, t, r in zip(("q", "k", "dq", "dk"), got, want, ref16):
+        assert g.dtype == torch.bfloat16
+        assert_bf16_close(g, t, r, name)
+
+
+def test_projection_views_are_handled():
+    """q and k as views into one fused qkv projection: strided along T and H, unit stride in Dh."""
+    B, T, Hq, Hkv, D = 2, 6, 9, 3, 64
+    qkv = torch.randn(B, T, (Hq + 2 * Hkv) * D)
+    q = qkv[..., :Hq * D].view(B, T, Hq, D)
+    k = qkv[..., Hq * D:(Hq + Hkv) * D].view(B, T, Hkv, D)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    _, _, dq, dk = _inputs(B, T, Hq, Hkv, D, torch.float32)
+    cos, sin = _tables(B, T, D)
+    for got, want in zip(_run(rope, q, k, cos, sin, dq, dk), _run(rope_reference, q, k, cos, sin, dq, dk)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_transposed_head_dim_is_handled():
+    q = torch.randn(1, 4, 64, 2).transpose(-1, -2)  # Dh stride 2
+    k = torch.randn(1, 4, 64, 1).transpose(-1, -2)
+    cos, sin = _tables(1, 4, 64)
+    for got, want in zip(rope(q, k, cos, sin), rope_reference(q, k, cos, sin)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_inverse():
+    q, k, _, _ = _inputs(2, 8, 9, 3, 64, torch.float32)
+    cos, sin = _tables(2, 8, 64)
+    qo, ko = rope(q, k, cos, sin)
+    qb, kb = rope(qo, ko, cos, -sin)  # rotation by -theta undoes it
+    torch.testing.assert_close(qb, q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kb, k, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("q_shape,k_shape,cos_shape,msg", [
+    ((2, 4, 9, 64), (2, 5, 3, 64), (4, 64), "does not match q"),
+    ((2, 4, 9, 64), (2, 4, 3, 64), (5, 64), "cos/sin must be"),
+    ((2, 4, 9, 64), (2, 4, 3, 64), (3, 4, 64), "cos/sin must be"),
+    ((2, 4, 576), (2, 4, 192), (4, 64), r"must be \(B, T, H, Dh\)"),
+    ((1, 2, 2, 48), (1, 2, 2, 48), (2, 48), "head_dim must be a power of two"),
+])
+def test_bad_shapes(q_shape, k_shape, cos_shape, msg):
+    with pytest.raises(ValueError, match=msg):
+        rope(torch.randn(q_shape), torch.randn(k_shape), torch.randn(cos_shape), torch.randn(cos_shape))
