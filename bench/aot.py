@@ -1,0 +1,132 @@
+"""Compile every Triton kernel ahead of time for real GPUs, no GPU needed: sm_86 (A10G) and sm_90
+(H100), at the model's shapes and dtypes. Reports registers, local memory (spills), shared
+memory and stack per kernel (from the cubin, via the cuobjdump that ships with Triton); exits 1 if
+any kernel fails to compile or spills.
+
+    TRITON_INTERPRET=0 python bench/aot.py            # writes bench/results/aot.{md,json}
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"  # AOT needs real @triton.jit functions, not interpreted ones
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import importlib  # noqa: E402
+
+# kernels/__init__ exports functions named like two of its modules (rope, swiglu): take the modules.
+cross_entropy, rmsnorm, rope, swiglu = (importlib.import_module(f"kernels.{m}")
+                                        for m in ("cross_entropy", "rmsnorm", "rope", "swiglu"))
+
+TARGETS = {"sm_86 (A10G)": GPUTarget("cuda", 86, 32), "sm_90 (H100)": GPUTarget("cuda", 90, 32)}
+HIDDEN, HEAD_DIM, N_HEAD, N_KV = 576, 64, 9, 3
+
+
+def kernel_specs():
+    """(name, jit function, signature, constexprs, num_warps), as the launchers call them."""
+    specs = []
+    for dt in ("fp32", "bf16"):
+        p = f"*{dt}"
+        block = triton.next_power_of_2(HIDDEN)
+        specs.append((f"rms_norm_fwd[{dt}]", rmsnorm._rms_norm_fwd,
+                      {"X": p, "W": "*fp32", "Y": "*fp32", "RSTD": "*fp32", "stride_x": "i32", "stride_y": "i32",
+                       "D": "i32", "eps": "fp32", "BLOCK": "constexpr"}, {"BLOCK": block}, 4))
+        specs.append((f"rms_norm_bwd[{dt}]", rmsnorm._rms_norm_bwd,
+                      {"DY": "*fp32", "X": p, "W": "*fp32", "RSTD": "*fp32", "DX": p, "DW_PART": "*fp32",
+                       "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32", "N": "i32", "D": "i32",
+                       "rows_per_program": "i32", "BLOCK": "constexpr"}, {"BLOCK": block}, 4))
+        for backward in (False, True):
+            ints = ["qb", "qt", "qh", "kb", "kt", "kh", "qob", "qot", "qoh", "kob", "kot", "koh", "cos_b", "cos_t",
+                    "T", "HQ", "HKV"]
+            sig = {"Q": p, "K": p, "QO": p, "KO": p, "COS": "*fp32", "SIN": "*fp32", **{k: "i32" for k in ints},
+                   "HALF": "constexpr", "BLOCK_HQ": "constexpr", "BLOCK_HKV": "constexpr", "BACKWARD": "constexpr"}
+            specs.append((f"rope_{'bwd' if backward else 'fwd'}[{dt}]", rope._rope_kernel, sig,
+                          {"HALF": HEAD_DIM // 2, "BLOCK_HQ": triton.next_power_of_2(N_HEAD),
+                           "BLOCK_HKV": triton.next_power_of_2(N_KV), "BACKWARD": backward}, 1))
+        specs.append((f"swiglu_fwd[{dt}]", swiglu._swiglu_fwd,
+                      {"G": p, "U": p, "Y": p, "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": swiglu.BLOCK}, 4))
+        specs.append((f"swiglu_bwd[{dt}]", swiglu._swiglu_bwd,
+                      {"DY": p, "G": p, "U": p, "DG": p, "DU": p, "n": "i32", "BLOCK": "constexpr"},
+                      {"BLOCK": swiglu.BLOCK}, 4))
+        for grad in (False, True):
+            specs.append((f"cross_entropy_rows{'+grad' if grad else ''}[{dt}]", cross_entropy._ce_rows,
+                          {"LOGITS": p, "stride": "i32", "TARGETS": "*i64", "LOSS": "*fp32", "N_VALID": "*i64",
+                           "V": "i32", "ignore_index": "i32", "COMPUTE_GRAD": "constexpr", "BLOCK_V": "constexpr"},
+                          {"COMPUTE_GRAD": grad, "BLOCK_V": cross_entropy.BLOCK_V}, 8))
+    return specs
+
+
+def resource_usage(cubin: bytes) -> dict:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    return {k.lower(): int(v) for k, v in usage.items()}
+
+
+def compile_all() -> list[dict]:
+    rows = []
+    for name, fn, signature, constexprs, num_warps in kernel_specs():
+        for target_name, target in TARGETS.items():
+            row = {"kernel": name, "function": fn.__name__, "target": target_name, "num_warps": num_warps}
+            try:
+                compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
+                                          options={"num_warps": num_warps})
+                row.update(resource_usage(compiled.asm["cubin"]), ok=True)
+                row["shared"] = max(row.get("shared", 0), compiled.metadata.shared)
+            except Exception as e:  # report every failure, not just the first
+                row.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = [f"# Ahead-of-time compile (Triton {triton.__version__}, no GPU)", "",
+             "| kernel | target | warps | registers | spills (local bytes) | shared bytes | stack | ok |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if r["ok"]:
+            lines.append(f"| {r['kernel']} | {r['target']} | {r['num_warps']} | {r.get('reg', '?')} | "
+                         f"{r.get('local', '?')} | {r.get('shared', '?')} | {r.get('stack', '?')} | yes |")
+        else:
+            lines.append(f"| {r['kernel']} | {r['target']} | {r['num_warps']} | | | | | **{r['error']}** |")
+    return "\n".join(lines) + "\n"
+
+
+def failures(rows: list[dict]) -> list[str]:
+    return [f"{r['kernel']} {r['target']}: " + (r.get("error") or f"spills {r['local']} bytes to local memory")
+            for r in rows if not r["ok"] or r.get("local", 0) > 0]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args(argv)
+    rows = compile_all()
+    os.makedirs(args.out, exist_ok=True)
+    md = to_markdown(rows)
+    for ext, text in (("md", md), ("json", json.dumps(rows, indent=1))):
+        tmp = os.path.join(args.out, f".aot.{ext}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(args.out, f"aot.{ext}"))
+    print(md)
+    bad = failures(rows)
+    for line in bad:
+        print("FAIL", line, file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Peak extra memory of loss + backward for the LM head + cross-entropy, measured side by side:
+naive (full logits + F.cross_entropy) against kernels.linear_cross_entropy (fused, chunked).
+
+Each variant runs in a fresh process; extra memory = peak resident set (ru_maxrss) minus the
+resident set once the inputs exist. On a GPU the same is measured with torch.cuda's peak counter.
+
+    python bench/ce_memory.py [--n 8192] [--v 49152] [--d 576]   # writes bench/results/ce_memory.{md,json}
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+MiB = 2 ** 20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
+    import torch
+
+    from kernels import linear_cross_entropy, linear_cross_entropy_reference
+
+    fn = {"naive": linear_cross_entropy_reference, "fused": linear_cross_entropy}[variant]
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, d, generator=g).to(device).requires_grad_()
+    weight = (torch.randn(v, d, generator=g) / d ** 0.5).to(device).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss()
+    t0 = time.perf_counter()
+    loss = fn(hidden, weight, targets)
+    loss.backward()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"variant": variant, "extra_bytes": peak - base, "loss": loss.item(),
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=8192)
+    p.add_argument("--v", type=int, default=49152)
+    p.add_argument("--d", type=int, default=576)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.n, args.v, args.d, args.device)))
+        return 0
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = {}
+    for variant in ("naive", "fused"):
+        out = subprocess.run([sys.executable, __file__, "--child", variant, "--n", str(args.n), "--v", str(args.v),
+                              "--d", str(args.d), "--device", device], capture_output=True, text=True, check=True)
+        rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{variant}: extra {rows[variant]['extra_bytes'] / MiB:.0f} MiB, loss {rows[variant]['loss']:.6f}, "
+              f"{rows[variant]['seconds']:.1f}s", flush=True)
+    n, v, d = args.n, args.v, args.d
+    unavoidable = 4 * (v * d + n * d)  # grad_weight + grad_hidden, fp32
+    naive, fused = rows["naive"]["extra_bytes"], rows["fused"]["extra_bytes"]
+    summary = {
+        "device": device, "n": n, "v": v, "d": d, "dtype": "fp32",
+        "naive_extra_mib": naive / MiB, "fused_extra_mib": fused / MiB,
+        "fused_over_naive": fused / naive, "unavoidable_grad_mib": unavoidable / MiB,
+        "fused_over_unavoidable": fused / unavoidable,
+        "loss_naive": rows["naive"]["loss"], "loss_fused": rows["fused"]["loss"],
+    }
+    md = "\n".join([
+        f"# Fused linear cross-entropy: peak extra memory of loss + backward ({device}, fp32)", "",
+        f"N = {n} tokens, V = {v}, D = {d}. Extra = peak minus the memory held once the inputs exist.", "",
+        "| path | extra memory | vs naive | vs grad_weight + grad_hidden |",
+        "|---|---:|---:|---:|",
+        f"| naive (full logits + F.cross_entropy) | {naive / MiB:,.0f} MiB | 1.00 | {naive / unavoidable:.2f}x |",
+        f"| kernels.linear_cross_entropy | {fused / MiB:,.0f} MiB | {fused / naive:.3f} | {fused / unavoidable:.2f}x |",
+        "", f"Unavoidable gradient buffers (grad_weight + grad_hidden): {unavoidable / MiB:,.0f} MiB. "
+        f"Losses: naive {rows['naive']['loss']:.6f}, fused {rows['fused']['loss']:.6f}.", ""])
+    os.makedirs(args.out, exist_ok=True)
+    name = f"ce_memory_{device}"
+    for ext, text in (("md", md), ("json", json.dumps(summary, indent=1))):
+        tmp = os.path.join(args.out, f".{name}.{ext}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(args.out, f"{name}.{ext}"))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
