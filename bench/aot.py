@@ -21,6 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.results_io import write_results  # noqa: E402
 import importlib  # noqa: E402
 
 # kernels/__init__ exports functions named like two of its modules (rope, swiglu): take the modules.
@@ -114,13 +115,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
     rows = compile_all()
-    os.makedirs(args.out, exist_ok=True)
     md = to_markdown(rows)
-    for ext, text in (("md", md), ("json", json.dumps(rows, indent=1))):
-        tmp = os.path.join(args.out, f".aot.{ext}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(args.out, f"aot.{ext}"))
+    write_results(args.out, "aot", {"md": md, "json": json.dumps(rows, indent=1)})
     print(md)
     bad = failures(rows)
     for line in bad:

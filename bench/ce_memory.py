@@ -17,6 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.results_io import write_results  # noqa: E402
 MiB = 2 ** 20
 
 
@@ -95,13 +96,7 @@ def main(argv=None):
         f"| kernels.linear_cross_entropy | {fused / MiB:,.0f} MiB | {fused / naive:.3f} | {fused / unavoidable:.2f}x |",
         "", f"Unavoidable gradient buffers (grad_weight + grad_hidden): {unavoidable / MiB:,.0f} MiB. "
         f"Losses: naive {rows['naive']['loss']:.6f}, fused {rows['fused']['loss']:.6f}.", ""])
-    os.makedirs(args.out, exist_ok=True)
-    name = f"ce_memory_{device}"
-    for ext, text in (("md", md), ("json", json.dumps(summary, indent=1))):
-        tmp = os.path.join(args.out, f".{name}.{ext}.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(args.out, f"{name}.{ext}"))
+    write_results(args.out, f"ce_memory_{device}", {"md": md, "json": json.dumps(summary, indent=1)})
     print(md)
     return 0
 
