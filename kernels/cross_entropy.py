@@ -4,8 +4,8 @@ Per chunk of rows: logits = h @ W^T (a GEMM), then one Triton program per row do
 log-sum-exp, the loss, and overwrites the logits in place with their gradient; two more GEMMs turn
 that at once into the chunk's grad_hidden and add it to grad_weight (fp32). Extra memory is
 O(chunk x V) plus the gradient buffers. The gradients are computed in the forward (the loss is
-always the graph's last op); backward only scales them by the incoming gradient, in place, so
-backward through the same graph twice (retain_graph) is not supported.
+always the graph's last op); backward only scales them by the incoming gradient, in place, and hands
+them over, so backward through the same graph twice (retain_graph) is refused.
 """
 
 import torch
@@ -95,11 +95,12 @@ def linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets:
     grad_hidden = torch.empty_like(hidden) if compute_grad else hidden.new_empty(0)
     # fp32 accumulation across chunks, whatever the input dtype.
     grad_weight = torch.zeros(V, D, dtype=torch.float32, device=weight.device) if compute_grad else weight.new_empty(0)
-    chunk = chunk_rows if chunk_rows > 0 else default_chunk_rows(N, V, D)
+    chunk = min(chunk_rows if chunk_rows > 0 else default_chunk_rows(N, V, D), max(N, 1))
+    buffer = torch.empty(chunk, V, dtype=hidden.dtype, device=hidden.device)  # one (C, V) buffer, reused
     for start in range(0, N, chunk):
         end = min(start + chunk, N)
         h = hidden[start:end]  # (C, D)
-        logits = h @ weight.t()  # (C, V), in the inputs' dtype
+        logits = torch.mm(h, weight.t(), out=buffer[:end - start])  # (C, V), in the inputs' dtype
         _ce_rows[(end - start,)](logits, logits.stride(0), targets[start:end], loss_rows[start:end], n_valid, V,
                                  ignore_index, COMPUTE_GRAD=compute_grad, BLOCK_V=BLOCK_V, num_warps=8)
         if compute_grad:  # logits now hold d loss / d logits
@@ -108,6 +109,7 @@ def linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets:
                 grad_weight.addmm_(logits.t(), h)  # (V, D), in place: no V x D temporary
             else:
                 grad_weight += (logits.t() @ h).float()
+    del buffer, logits
     loss = loss_rows.sum() / n_valid  # nan when every target is ignored, as F.cross_entropy
     return loss, grad_hidden, grad_weight.to(weight.dtype)
 
@@ -121,11 +123,21 @@ def _(hidden, weight, targets, ignore_index, compute_grad, chunk_rows):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2])
+    # Held on ctx rather than saved: backward hands them over and drops ctx's reference, so the
+    # weight's AccumulateGrad can take the buffer as .grad instead of copying it (a saved tensor
+    # keeps a second reference until the graph is freed, which forces a V x D copy at the peak).
+    ctx.grads = [output[1], output[2]]
+    # Only the loss is differentiable; without this, autograd would allocate zero "gradients" for
+    # the two gradient outputs, as large as the gradients themselves.
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _gh, _gw):
-    grad_hidden, grad_weight = ctx.saved_tensors
+    if ctx.grads is None:
+        raise RuntimeError("linear_cross_entropy: backward through the same graph twice is not supported")
+    grad_hidden, grad_weight = ctx.grads
+    ctx.grads = None
     if grad_hidden.numel() == 0 and grad_weight.numel() == 0:
         raise RuntimeError("linear_cross_entropy: backward called on a loss computed without gradients "
                            "(grad mode was off, or neither hidden nor weight required grad)")
