@@ -150,3 +150,12 @@ def test_against_liger_kernel(dtype):
             torch.testing.assert_close(o, t.to(o.dtype), rtol=1e-5, atol=1e-5 * w.abs().max().item())
         else:  # both against the fp32 truth: ours no further from it than Liger (plus one bf16 ulp)
             assert_bf16_close(o, w, t, name)
+
+
+def test_second_backward_through_same_graph_is_refused():
+    hidden, weight, targets = _inputs(8, 16, 50, torch.float32)
+    h = hidden.requires_grad_()
+    loss = linear_cross_entropy(h, weight, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward through the same graph twice is not supported"):
+        loss.backward()
