@@ -98,4 +98,5 @@ def tokenizer_from_gguf(path: str):
     # <|endoftext|> (id 0), the base model's BOS/EOS.
     tok.bos_token = tok.eos_token = tok.unk_token = tok.pad_token = EOS_TOKEN
     tok.model_max_length = 8192
+    tok.name_or_path = os.path.abspath(path)
     return tok

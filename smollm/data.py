@@ -1,0 +1,220 @@
+"""Token shards: the on-disk format and the training loader.
+
+A dataset directory holds `meta.json` and shards `train_000000.bin`, `val_000000.bin`, ...: a
+1024-byte header of int32 (magic, version, token count, vocab size, EOS id; rest zero), then uint16
+tokens, documents separated by EOS. Shards are read with numpy.memmap, never into RAM whole.
+
+Batches are random windows. The batch at step s depends only on (seed, s, rank): one generator
+seeded with (seed, s) draws the windows of all ranks at once, without replacement, and rank r takes
+its own slice, so a resumed run sees exactly the batches it would have seen, ranks never share a
+window, and N ranks together see what one process with N times the batch would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MAGIC = 0x534D4F4C  # "SMOL"
+VERSION = 1
+HEADER_BYTES = 1024
+HEADER_INTS = HEADER_BYTES // 4
+SPLITS = ("train", "val")
+
+
+class ShardError(ValueError):
+    """A shard or dataset directory that cannot be used; the message names the file."""
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}_{index:06d}.bin"
+
+
+def atomic_write_bytes(path: str, chunks) -> None:
+    """Write to a temporary file beside path, fsync, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; shards and manifests are for everyone to read
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, [json.dumps(obj, indent=1).encode() + b"\n"])
+
+
+def write_shard(path: str, tokens: np.ndarray, vocab_size: int, eos_id: int) -> None:
+    if vocab_size > 65536:
+        raise ShardError(f"{path}: vocab size {vocab_size} does not fit uint16 tokens")
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ShardError(f"{path}: token ids outside [0, {vocab_size})")
+    header = np.zeros(HEADER_INTS, dtype=np.int32)
+    header[:5] = (MAGIC, VERSION, tokens.size, vocab_size, eos_id)
+    atomic_write_bytes(path, [header.tobytes(), tokens.astype(np.uint16).tobytes()])
+
+
+def read_header(path: str) -> dict:
+    size = os.path.getsize(path)
+    if size < HEADER_BYTES:
+        raise ShardError(f"{path}: truncated ({size} bytes, shorter than the {HEADER_BYTES}-byte header)")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise ShardError(f"{path}: bad magic {int(header[0]):#x} (expected {MAGIC:#x}); not a token shard")
+    if header[1] != VERSION:
+        raise ShardError(f"{path}: unsupported shard version {int(header[1])} (expected {VERSION})")
+    count, vocab, eos = int(header[2]), int(header[3]), int(header[4])
+    expected = HEADER_BYTES + 2 * count
+    if size != expected:
+        raise ShardError(f"{path}: truncated or padded: {size} bytes, the header promises {expected} "
+                         f"({count} tokens)")
+    return {"tokens": count, "vocab_size": vocab, "eos_id": eos}
+
+
+def open_shard(path: str, vocab_size: int | None = None, check_ids: bool = True) -> np.memmap:
+    """The shard's tokens as a read-only uint16 memmap, after checking header, size and ids."""
+    header = read_header(path)
+    vocab = vocab_size or header["vocab_size"]
+    if header["vocab_size"] > vocab:
+        raise ShardError(f"{path}: made for vocab size {header['vocab_size']}, larger than the model's {vocab}")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(header["tokens"],))
+    if check_ids and tokens.size:
+        top = int(tokens.max())  # one sequential pass over the file
+        if top >= vocab:
+            bad = int(np.argmax(tokens >= vocab))
+            raise ShardError(f"{path}: token id {int(tokens[bad])} at position {bad} is outside the vocabulary "
+                             f"[0, {vocab})")
+    return tokens
+
+
+def read_meta(directory: str) -> dict:
+    path = os.path.join(directory, "meta.json")
+    if not os.path.isfile(path):
+        raise ShardError(f"{directory}: no meta.json; not a prepared dataset (run python -m smollm.prepare)")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{path}: not valid JSON ({e})") from None
+
+
+def shard_paths(directory: str, split: str) -> list[str]:
+    meta = read_meta(directory)
+    names = [s["file"] for s in meta.get("shards", []) if s["split"] == split]
+    return [os.path.join(directory, n) for n in names]
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T) int64 inputs
+    y: torch.Tensor  # (B, T) int64 targets: the next tokens
+
+
+class TokenWindows:
+    """Random (x, y) windows from one split of a prepared dataset, deterministic in (seed, step, rank)."""
+
+    def __init__(self, directory: str, split: str, seq_len: int, vocab_size: int | None = None):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.seq_len = seq_len
+        paths = shard_paths(directory, split)
+        if not paths:
+            raise ShardError(f"{directory}: no {split} shards in meta.json")
+        self.shards = []
+        for path in paths:
+            if not os.path.isfile(path):
+                raise ShardError(f"{path}: listed in meta.json but missing")
+            tokens = open_shard(path, vocab_size)
+            if tokens.size < seq_len + 1:
+                raise ShardError(f"{path}: {tokens.size} tokens, shorter than one window of {seq_len} + 1")
+            self.shards.append(tokens)
+        # Window starts of shard i: [0, n_i - T); global index -> (shard, offset) by searchsorted.
+        starts = np.array([t.size - seq_len for t in self.shards], dtype=np.int64)
+        self.cum_starts = np.concatenate([[0], np.cumsum(starts)])
+        self.n_windows = int(self.cum_starts[-1])
+        self.n_tokens = int(sum(t.size for t in self.shards))
+
+    def window_starts(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Global start indices of this rank's windows at this step."""
+        if world_size * batch_size > self.n_windows:
+            raise ShardError(f"{world_size * batch_size} windows per step, but the split has only {self.n_windows}")
+        rng = np.random.default_rng([seed, step])
+        picks = rng.choice(self.n_windows, size=world_size * batch_size, replace=False)
+        return picks[rank * batch_size:(rank + 1) * batch_size]
+
+    def get_batch_numpy(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """(B, T + 1) int64 token windows."""
+        picks = self.window_starts(seed, step, batch_size, rank, world_size)
+        shard = np.searchsorted(self.cum_starts, picks, side="right") - 1
+        offset = picks - self.cum_starts[shard]
+        out = np.empty((batch_size, self.seq_len + 1), dtype=np.int64)
+        for i, (s, o) in enumerate(zip(shard, offset)):
+            out[i] = self.shards[s][o:o + self.seq_len + 1]
+        return out
+
+    def get_batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
+        w = torch.from_numpy(self.get_batch_numpy(seed, step, batch_size, rank, world_size))  # (B, T + 1)
+        return Batch(w[:, :-1], w[:, 1:])
+
+
+class BatchLoader:
+    """Batches for steps start, start + 1, ... on `device`. On a GPU: pinned host memory, copies
+    with non_blocking=True, and a background thread that prepares the next batches while the
+    current step runs."""
+
+    def __init__(self, windows: TokenWindows, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world_size: int = 1, device: str | torch.device = "cpu", prefetch: int = 2):
+        self.windows, self.batch_size, self.seed = windows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.step = start_step
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self._queue: queue.Queue | None = None
+        if self.pin and prefetch > 0:
+            self._queue = queue.Queue(maxsize=prefetch)
+            self._stop = threading.Event()
+            threading.Thread(target=self._worker, args=(start_step,), daemon=True).start()
+
+    def _host_batch(self, step: int) -> torch.Tensor:
+        w = torch.from_numpy(self.windows.get_batch_numpy(self.seed, step, self.batch_size, self.rank,
+                                                          self.world_size))
+        return w.pin_memory() if self.pin else w
+
+    def _worker(self, step: int):
+        while not self._stop.is_set():
+            self._queue.put((step, self._host_batch(step)))
+            step += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self._queue is not None:
+            step, w = self._queue.get()
+            assert step == self.step
+        else:
+            w = self._host_batch(self.step)
+        self.step += 1
+        w = w.to(self.device, non_blocking=True)  # (B, T + 1)
+        return Batch(w[:, :-1], w[:, 1:])
+
+    def close(self):
+        if self._queue is not None:
+            self._stop.set()
+            while not self._queue.empty():
+                self._queue.get_nowait()

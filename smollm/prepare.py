@@ -1,0 +1,350 @@
+"""Prepare token shards from a corpus: `python -m smollm.prepare --help`.
+
+Sources: the Hugging Face dataset HuggingFaceTB/smollm-corpus (config cosmopedia-v2, column text),
+streamed; local files (txt: one document per file; jsonl and parquet: one per row); or the offline
+default, the Python standard library's own source files. Documents are tokenized in batches across
+worker processes, each followed by <|endoftext|>, and a hashed fraction of documents goes to the
+validation split.
+
+Resumable: shards are committed one at a time (the train shard, plus the validation documents met
+since the last commit as a validation shard of the same index), and meta.json records after each
+commit how many source documents are in. A rerun skips those and continues; nothing is duplicated
+or lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import sysconfig
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
+from smollm.data import SPLITS, ShardError, atomic_write_json, read_meta, shard_name, write_shard
+
+HF_DATASET = "HuggingFaceTB/smollm-corpus"
+HF_CONFIG = "cosmopedia-v2"
+
+
+# ---------------------------------------------------------------- sources: (name, documents) --
+
+def stdlib_files() -> tuple[str, list[str]]:
+    """The standard library's UTF-8 .py files, sorted, without site-/dist-packages (their contents
+    differ from machine to machine). A few test files are deliberately not UTF-8: left out."""
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, root)
+        if not {"site-packages", "dist-packages"} & set(rel.split(os.sep)) and _read_text(path) is not None:
+            files.append(rel)
+    return root, sorted(files)
+
+
+def _read_text(path: str) -> str | None:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # a few stdlib test files are deliberately not UTF-8
+
+
+def iter_stdlib(skip: int = 0) -> Iterator[str]:
+    root, files = stdlib_files()
+    for rel in files[skip:]:
+        yield _read_text(os.path.join(root, rel))
+
+
+def expand_globs(patterns: list[str]) -> list[str]:
+    files = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not matched:
+            raise FileNotFoundError(f"source {pattern!r} matches no file")
+        files += [m for m in matched if os.path.isfile(m)]
+    return files
+
+
+def iter_local(files: list[str], column: str, skip: int = 0) -> Iterator[str]:
+    seen = 0
+    for path in files:
+        if path.endswith(".txt"):
+            docs = [(_read_text(path) or "")]
+        elif path.endswith(".jsonl"):
+            docs = _jsonl_column(path, column)
+        elif path.endswith(".parquet"):
+            docs = _parquet_column(path, column)
+        else:
+            raise ValueError(f"{path}: unsupported file type (txt, jsonl or parquet)")
+        for doc in docs:
+            if seen >= skip:
+                yield doc
+            seen += 1
+
+
+def _jsonl_column(path: str, column: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if column not in row:
+                raise KeyError(f"{path}:{n}: no column {column!r} (columns: {sorted(row)})")
+            yield row[column]
+
+
+def _parquet_column(path: str, column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if column not in pf.schema_arrow.names:
+        raise KeyError(f"{path}: no column {column!r} (columns: {pf.schema_arrow.names})")
+    for batch in pf.iter_batches(columns=[column], batch_size=1024):
+        yield from batch.column(0).to_pylist()
+
+
+def iter_hf(dataset: str, config: str, column: str, skip: int = 0) -> Iterator[str]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(dataset, config, split="train", streaming=True)
+    except Exception as e:
+        raise OSError(f"cannot stream {dataset}/{config} from the Hugging Face Hub ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); offline, use --source stdlib or local files") from e
+    if ds.column_names is not None and column not in ds.column_names:
+        raise KeyError(f"{dataset}/{config}: no column {column!r} (columns: {ds.column_names})")
+    yield from (row[column] for row in ds.skip(skip))
+
+
+def open_source(source: list[str], column: str, skip: int) -> tuple[dict, Iterator[str]]:
+    """(description for meta.json, document iterator starting after `skip` documents)."""
+    if source == ["stdlib"]:
+        root, files = stdlib_files()
+        return {"kind": "stdlib", "root": root, "files": files}, iter_stdlib(skip)
+    if len(source) == 1 and source[0].startswith("hf:"):
+        parts = source[0][3:].split(":")
+        dataset, config = parts[0] or HF_DATASET, (parts[1] if len(parts) > 1 else HF_CONFIG)
+        return {"kind": "hf", "dataset": dataset, "config": config, "column": column}, \
+            iter_hf(dataset, config, column, skip)
+    files = expand_globs(source)
+    return {"kind": "files", "files": [os.path.abspath(f) for f in files], "column": column}, \
+        iter_local(files, column, skip)
+
+
+# ----------------------------------------------------------------------------- tokenizing --
+
+_worker_tok = None
+
+
+def _init_worker(tokenizer_json: str):
+    global _worker_tok
+    from tokenizers import Tokenizer
+
+    _worker_tok = Tokenizer.from_str(tokenizer_json)
+
+
+def _encode_batch(texts: list[str]) -> list[np.ndarray]:
+    return [np.asarray(e.ids, dtype=np.uint16) for e in _worker_tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def _batched(docs: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch = []
+    for doc in docs:
+        if not isinstance(doc, str):
+            raise TypeError(f"document {doc!r:.60} is not text")
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def is_val(doc: str, val_fraction: float) -> bool:
+    """Hash of the text, so the split does not depend on document order or worker count."""
+    h = int.from_bytes(hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return h / 2 ** 64 < val_fraction
+
+
+def tokenizer_fingerprint(tok) -> str:
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def parse_count(text: str) -> int:
+    """'1.2B', '500M', '10k' or a plain integer."""
+    scale = {"k": 10 ** 3, "m": 10 ** 6, "b": 10 ** 9}
+    t = str(text).strip().lower().replace("_", "")
+    try:
+        return int(float(t[:-1]) * scale[t[-1]]) if t and t[-1] in scale else int(t)
+    except ValueError:
+        raise ValueError(f"not a count: {text!r} (use e.g. 1.2B, 500M, 10k)") from None
+
+
+# ------------------------------------------------------------------------------- prepare --
+
+def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | None = None, column: str = "text",
+            max_tokens: int | None = None, shard_tokens: int = 50_000_000, val_fraction: float = 0.01,
+            workers: int | None = None, batch_docs: int = 64, max_commits: int | None = None,
+            progress: bool = True) -> dict:
+    """Tokenize `source` into shards under `out`; resumes a partial run there. Returns meta."""
+    from tqdm import tqdm
+
+    from smollm.tokenizer import load_tokenizer
+
+    tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name)
+    vocab_size, eos_id = len(tok), tok.convert_tokens_to_ids("<|endoftext|>")
+    if eos_id is None or tok.convert_ids_to_tokens(eos_id) != "<|endoftext|>":
+        raise ValueError("tokenizer has no <|endoftext|> token to separate documents")
+    if vocab_size > 65536:
+        raise ValueError(f"tokenizer {tokenizer_name or tok.name_or_path!r} has {vocab_size} tokens, which does not "
+                         f"fit uint16 shards (at most 65536)")
+    fingerprint = tokenizer_fingerprint(tok)
+
+    os.makedirs(out, exist_ok=True)
+    meta_path = os.path.join(out, "meta.json")
+    if os.path.exists(meta_path):
+        meta = read_meta(out)
+        if meta.get("tokenizer_fingerprint") != fingerprint or meta.get("vocab_size") != vocab_size:
+            raise ValueError(f"{out} holds shards made with another tokenizer ({meta.get('tokenizer')!r}, vocab "
+                             f"{meta.get('vocab_size')}); choose another --out. Nothing was changed.")
+        if meta.get("source_arg") != source:
+            raise ValueError(f"{out} was prepared from {meta.get('source_arg')}, not {source}; choose another "
+                             f"--out. Nothing was changed.")
+        if meta.get("complete"):
+            return meta
+    elif os.listdir(out):
+        raise ValueError(f"{out} is not empty and has no meta.json; choose an empty or new directory")
+    else:
+        meta = {"format": "smollm-triton token shards v1", "tokenizer": tokenizer_name or tok.name_or_path,
+                "tokenizer_fingerprint": fingerprint, "vocab_size": vocab_size, "eos_id": eos_id,
+                "source_arg": source, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+                "docs_done": 0, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
+                "shards": [], "complete": False}
+
+    description, docs = open_source(source, column, skip=meta["docs_done"])
+    meta["source"] = description
+    commits = len({s["index"] for s in meta["shards"]})
+    buffers = {s: [] for s in SPLITS}
+    counts = {s: 0 for s in SPLITS}
+    doc_counts = {s: 0 for s in SPLITS}
+    pending_docs = 0
+    budget_left = None if max_tokens is None else max_tokens - sum(meta["tokens"].values())
+
+    def commit():
+        nonlocal commits, pending_docs
+        for split in SPLITS:
+            if counts[split]:
+                name = shard_name(split, commits)
+                write_shard(os.path.join(out, name), np.concatenate(buffers[split]), vocab_size, eos_id)
+                meta["shards"].append({"file": name, "split": split, "index": commits, "tokens": counts[split],
+                                       "documents": doc_counts[split]})
+                meta["tokens"][split] += counts[split]
+                meta["documents"][split] += doc_counts[split]
+            buffers[split].clear()
+            counts[split] = doc_counts[split] = 0
+        meta["docs_done"] += pending_docs
+        pending_docs = 0
+        commits += 1
+        atomic_write_json(meta_path, meta)  # the commit point
+
+    workers = workers or os.cpu_count() or 1
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    bar = tqdm(desc=f"tokenizing -> {out}", unit=" tok", unit_scale=True, mininterval=1.0,
+               disable=not progress)
+    t0, seen_docs, seen_tokens, stop = time.perf_counter(), 0, 0, None
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.backend_tokenizer.to_str(),)) as pool:
+        batches = _batched(docs, batch_docs)
+        in_flight = deque()
+
+        def submit() -> bool:  # a bounded number of batches ahead: the corpus never sits in memory
+            batch = next(batches, None)
+            if batch is not None:
+                in_flight.append((batch, pool.apply_async(_encode_batch, (batch,))))
+            return batch is not None
+
+        for _ in range(4 * workers):
+            if not submit():
+                break
+        while in_flight and stop is None:
+            texts, result = in_flight.popleft()
+            encoded = result.get()
+            submit()
+            for text, ids in zip(texts, encoded):
+                pending_docs += 1
+                seen_docs += 1
+                if not text.strip():
+                    continue  # counted as consumed, nothing to write
+                split = "val" if is_val(text, val_fraction) else "train"
+                buffers[split] += [ids, np.array([eos_id], dtype=np.uint16)]
+                counts[split] += ids.size + 1
+                doc_counts[split] += 1
+                seen_tokens += ids.size + 1
+                bar.update(ids.size + 1)
+                if counts["train"] >= shard_tokens:
+                    commit()
+                    if max_commits is not None and commits >= max_commits:
+                        stop = "interrupted"  # tests: a run killed right after a commit
+                        break
+                if budget_left is not None and seen_tokens >= budget_left:
+                    stop = "budget"
+                    break
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(docs_per_s=f"{seen_docs / elapsed:,.0f}", tok_per_s=f"{seen_tokens / elapsed:,.0f}")
+        pool.terminate()
+    bar.close()
+    if stop == "interrupted":
+        return meta
+    if pending_docs:
+        commit()
+    if meta["documents"]["train"] + meta["documents"]["val"] == 0:
+        if os.path.exists(meta_path):
+            os.unlink(meta_path)
+        if not os.listdir(out):
+            os.rmdir(out)
+        raise ValueError(f"source {source} has no documents with text")
+    if meta["tokens"]["train"] == 0:
+        raise ValueError(f"source {source}: every document went to the validation split; lower --val-fraction")
+    meta["complete"] = True
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(meta_path, meta)
+    return meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Tokenize a corpus into uint16 token shards (train + val).")
+    p.add_argument("--source", nargs="+", default=["stdlib"],
+                   help="'stdlib' (offline default: the Python standard library's sources), "
+                        f"'hf:{HF_DATASET}:{HF_CONFIG}' (streamed), or local files/globs (txt, jsonl, parquet)")
+    p.add_argument("--out", required=True, help="dataset directory (created; a partial one is resumed)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: resolved as in the README)")
+    p.add_argument("--column", default="text", help="text column of jsonl/parquet/hf sources")
+    p.add_argument("--tokens", default=None, help="token budget, e.g. 1.2B (default: the whole source)")
+    p.add_argument("--shard-tokens", default="50M", help="tokens per train shard (default 50M)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    args = p.parse_args(argv)
+    if not 0 <= args.val_fraction < 1:
+        p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    meta = prepare(args.source, args.out, tokenizer_name=args.tokenizer, column=args.column,
+                   max_tokens=parse_count(args.tokens) if args.tokens else None,
+                   shard_tokens=parse_count(args.shard_tokens), val_fraction=args.val_fraction, workers=args.workers)
+    print(f"{args.out}: {meta['tokens']['train']:,} train tokens ({meta['documents']['train']:,} documents), "
+          f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']:,} documents), "
+          f"{len(meta['shards'])} shards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
