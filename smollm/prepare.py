@@ -28,7 +28,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from smollm.data import SPLITS, ShardError, atomic_write_json, read_meta, shard_name, write_shard
+from smollm.data import SPLITS, atomic_write_json, read_meta, shard_name, write_shard
+from smollm.tokenize_worker import encode_batch, init_worker, is_val
 
 HF_DATASET = "HuggingFaceTB/smollm-corpus"
 HF_CONFIG = "cosmopedia-v2"
@@ -114,10 +115,16 @@ def _parquet_column(path: str, column: str) -> Iterator[str]:
         yield from batch.column(0).to_pylist()
 
 
-def iter_hf(dataset: str, config: str, column: str, skip: int = 0) -> Iterator[str]:
+def iter_hf(dataset: str, config: str | None, column: str, skip: int = 0) -> Iterator[str]:
+    """Streams a Hugging Face dataset (a hub id, or a local dataset directory) without downloading it whole."""
     from datasets import load_dataset
 
     try:
+        if not os.path.isdir(dataset):
+            # One quick look first: unreachable, datasets retries with back-off for half a minute.
+            from huggingface_hub import HfApi
+
+            HfApi().dataset_info(dataset, timeout=10)
         ds = load_dataset(dataset, config, split="train", streaming=True)
     except Exception as e:
         raise OSError(f"cannot stream {dataset}/{config} from the Hugging Face Hub ({type(e).__name__}: "
@@ -132,9 +139,10 @@ def open_source(source: list[str], column: str, skip: int) -> tuple[dict, Iterat
     if source == ["stdlib"]:
         root, files = stdlib_files()
         return {"kind": "stdlib", "root": root, "files": files}, iter_stdlib(skip)
-    if len(source) == 1 and source[0].startswith("hf:"):
-        parts = source[0][3:].split(":")
-        dataset, config = parts[0] or HF_DATASET, (parts[1] if len(parts) > 1 else HF_CONFIG)
+    if len(source) == 1 and (source[0] == "hf" or source[0].startswith("hf:")):
+        # hf -> the default corpus; hf:NAME or hf:NAME:CONFIG (NAME: a hub id or a local dataset directory)
+        parts = source[0][3:].split(":") if source[0] != "hf" else [HF_DATASET, HF_CONFIG]
+        dataset, config = parts[0], (parts[1] if len(parts) > 1 else None)
         return {"kind": "hf", "dataset": dataset, "config": config, "column": column}, \
             iter_hf(dataset, config, column, skip)
     files = expand_globs(source)
@@ -144,37 +152,20 @@ def open_source(source: list[str], column: str, skip: int) -> tuple[dict, Iterat
 
 # ----------------------------------------------------------------------------- tokenizing --
 
-_worker_tok = None
-
-
-def _init_worker(tokenizer_json: str):
-    global _worker_tok
-    from tokenizers import Tokenizer
-
-    _worker_tok = Tokenizer.from_str(tokenizer_json)
-
-
-def _encode_batch(texts: list[str]) -> list[np.ndarray]:
-    return [np.asarray(e.ids, dtype=np.uint16) for e in _worker_tok.encode_batch(texts, add_special_tokens=False)]
-
-
-def _batched(docs: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch = []
+def _batched(docs: Iterator[str], max_docs: int, max_chars: int = 1 << 20) -> Iterator[list[str]]:
+    """Batches of at most max_docs documents or about max_chars characters: documents range from a
+    line to a megabyte, and batches of similar size keep the workers evenly loaded."""
+    batch, chars = [], 0
     for doc in docs:
         if not isinstance(doc, str):
             raise TypeError(f"document {doc!r:.60} is not text")
         batch.append(doc)
-        if len(batch) == size:
+        chars += len(doc)
+        if len(batch) >= max_docs or chars >= max_chars:
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
-
-
-def is_val(doc: str, val_fraction: float) -> bool:
-    """Hash of the text, so the split does not depend on document order or worker count."""
-    h = int.from_bytes(hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-    return h / 2 ** 64 < val_fraction
 
 
 def tokenizer_fingerprint(tok) -> str:
@@ -196,7 +187,7 @@ def parse_count(text: str) -> int:
 
 def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | None = None, column: str = "text",
             max_tokens: int | None = None, shard_tokens: int = 50_000_000, val_fraction: float = 0.01,
-            workers: int | None = None, batch_docs: int = 64, max_commits: int | None = None,
+            workers: int | None = None, batch_docs: int = 1024, max_commits: int | None = None,
             progress: bool = True) -> dict:
     """Tokenize `source` into shards under `out`; resumes a partial run there. Returns meta."""
     from tqdm import tqdm
@@ -259,39 +250,44 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
         commits += 1
         atomic_write_json(meta_path, meta)  # the commit point
 
-    workers = workers or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    workers = workers or max(1, cores // 2)
+    threads = max(1, cores // workers)
+    # fork starts in milliseconds. A tokenizer forked after its parent already encoded in parallel
+    # runs serially in the child (its thread pool does not survive a fork): correct, only slower.
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     bar = tqdm(desc=f"tokenizing -> {out}", unit=" tok", unit_scale=True, mininterval=1.0,
                disable=not progress)
     t0, seen_docs, seen_tokens, stop = time.perf_counter(), 0, 0, None
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tok.backend_tokenizer.to_str(),)) as pool:
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads)) as pool:
         batches = _batched(docs, batch_docs)
         in_flight = deque()
 
         def submit() -> bool:  # a bounded number of batches ahead: the corpus never sits in memory
             batch = next(batches, None)
             if batch is not None:
-                in_flight.append((batch, pool.apply_async(_encode_batch, (batch,))))
+                in_flight.append(pool.apply_async(encode_batch, (batch, val_fraction)))
             return batch is not None
 
-        for _ in range(4 * workers):
+        for _ in range(2 * workers):
             if not submit():
                 break
+        eos = np.array([eos_id], dtype=np.uint16)
         while in_flight and stop is None:
-            texts, result = in_flight.popleft()
-            encoded = result.get()
+            all_ids, lengths, splits = in_flight.popleft().get()
             submit()
-            for text, ids in zip(texts, encoded):
+            ends = np.cumsum(lengths)
+            for end, n, which in zip(ends.tolist(), lengths.tolist(), splits.tolist()):
                 pending_docs += 1
                 seen_docs += 1
-                if not text.strip():
-                    continue  # counted as consumed, nothing to write
-                split = "val" if is_val(text, val_fraction) else "train"
-                buffers[split] += [ids, np.array([eos_id], dtype=np.uint16)]
-                counts[split] += ids.size + 1
+                if which < 0:
+                    continue  # blank: counted as consumed, nothing to write
+                split = SPLITS[which]
+                buffers[split] += [all_ids[end - n:end], eos]
+                counts[split] += n + 1
                 doc_counts[split] += 1
-                seen_tokens += ids.size + 1
-                bar.update(ids.size + 1)
+                seen_tokens += n + 1
+                bar.update(n + 1)
                 if counts["train"] >= shard_tokens:
                     commit()
                     if max_commits is not None and commits >= max_commits:
@@ -325,15 +321,17 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tokenize a corpus into uint16 token shards (train + val).")
     p.add_argument("--source", nargs="+", default=["stdlib"],
-                   help="'stdlib' (offline default: the Python standard library's sources), "
-                        f"'hf:{HF_DATASET}:{HF_CONFIG}' (streamed), or local files/globs (txt, jsonl, parquet)")
+                   help="'stdlib' (offline default: the Python standard library's sources), 'hf' "
+                        f"(= hf:{HF_DATASET}:{HF_CONFIG}, streamed), hf:NAME[:CONFIG], or local files/globs "
+                        "(txt, jsonl, parquet)")
     p.add_argument("--out", required=True, help="dataset directory (created; a partial one is resumed)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: resolved as in the README)")
     p.add_argument("--column", default="text", help="text column of jsonl/parquet/hf sources")
     p.add_argument("--tokens", default=None, help="token budget, e.g. 1.2B (default: the whole source)")
     p.add_argument("--shard-tokens", default="50M", help="tokens per train shard (default 50M)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes, each with cores/workers encoding threads (default: cores/2)")
     args = p.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")

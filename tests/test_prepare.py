@@ -163,3 +163,25 @@ def test_real_tokenizer_on_a_real_slice_of_the_stdlib(tmp_path, tokenizer):
         assert tokenizer.decode(first_doc.tolist()) == first
     w = TokenWindows(str(tmp_path / "ds"), "train", 256, vocab_size=49152)
     assert w.n_tokens == meta["tokens"]["train"]
+
+
+def test_hf_streaming_source_on_a_local_dataset(tmp_path, tokenizer):
+    """The same load_dataset(..., streaming=True) path that streams cosmopedia-v2 from the hub."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "corpus" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"text": DOCS[:40]}), tmp_path / "corpus" / "data" / "train-00000.parquet")
+    src = [f"hf:{tmp_path / 'corpus'}"]
+    partial = _run(src, tmp_path / "ds", tokenizer, max_commits=2)
+    assert 0 < partial["docs_done"] < 40
+    meta = _run(src, tmp_path / "ds", tokenizer)  # resumes through the stream's skip()
+    assert meta["source"]["kind"] == "hf"
+    want = _expected(tokenizer, DOCS[:40], 0.2)
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(_stream(str(tmp_path / "ds"), split), want[split])
+
+
+def test_hf_hub_unreachable_is_a_clear_error(tmp_path, tokenizer):
+    with pytest.raises(OSError, match="cannot stream HuggingFaceTB/smollm-corpus/cosmopedia-v2 from the Hugging Face Hub"):
+        _run(["hf"], tmp_path / "ds", tokenizer)
