@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from smollm.data import SPLITS, atomic_write_json, read_meta, shard_name, write_shard
-from smollm.tokenize_worker import encode_batch, init_worker, is_val
+from smollm.tokenize_worker import encode_batch, init_worker
 
 HF_DATASET = "HuggingFaceTB/smollm-corpus"
 HF_CONFIG = "cosmopedia-v2"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from smollm.data import TokenWindows, open_shard, shard_paths
-from smollm.prepare import is_val, parse_count, prepare, stdlib_files
+from smollm.prepare import parse_count, prepare, stdlib_files
+from smollm.tokenize_worker import is_val
 
 DOCS = [f"Document {i}: " + " ".join(f"word{j} {i * j}" for j in range(i % 17 + 3)) + ("\n    def f(x): return x" * (i % 3))
         for i in range(120)] + ["Unicode: café, naïve, 日本語, emoji 🎉", "   ", "last one"]
