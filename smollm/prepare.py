@@ -187,8 +187,8 @@ def parse_count(text: str) -> int:
 
 def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | None = None, column: str = "text",
             max_tokens: int | None = None, shard_tokens: int = 50_000_000, val_fraction: float = 0.01,
-            workers: int | None = None, batch_docs: int = 1024, max_commits: int | None = None,
-            progress: bool = True) -> dict:
+            workers: int | None = None, threads: int | None = None, batch_docs: int = 1024,
+            max_commits: int | None = None, progress: bool = True) -> dict:
     """Tokenize `source` into shards under `out`; resumes a partial run there. Returns meta."""
     from tqdm import tqdm
 
@@ -251,14 +251,18 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
         atomic_write_json(meta_path, meta)  # the commit point
 
     cores = os.cpu_count() or 1
-    workers = workers or max(1, cores // 2)
-    threads = max(1, cores // workers)
-    # fork starts in milliseconds. A tokenizer forked after its parent already encoded in parallel
-    # runs serially in the child (its thread pool does not survive a fork): correct, only slower.
+    # Two encoding threads per process: the part of a batch that holds the GIL (lists of ids to
+    # numpy) in one thread overlaps the other's encoding, and processes add the rest of the cores.
+    workers = max(1, cores // 2) if workers is None else workers
+    threads = max(1, cores // max(workers, 1)) if threads is None else threads
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers ({workers}) and threads ({threads}) must be at least 1")
+    # fork starts workers in milliseconds (spawn and forkserver re-import the caller's __main__, often
+    # torch, in every worker); the workers' threads are started after the fork (see init_worker).
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     bar = tqdm(desc=f"tokenizing -> {out}", unit=" tok", unit_scale=True, mininterval=1.0,
                disable=not progress)
-    t0, seen_docs, seen_tokens, stop = time.perf_counter(), 0, 0, None
+    t0, seen_docs, seen_tokens, stop, waited = time.perf_counter(), 0, 0, None, 0.0
     with ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads)) as pool:
         batches = _batched(docs, batch_docs)
         in_flight = deque()
@@ -274,7 +278,9 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
                 break
         eos = np.array([eos_id], dtype=np.uint16)
         while in_flight and stop is None:
+            t_wait = time.perf_counter()
             all_ids, lengths, splits = in_flight.popleft().get()
+            waited += time.perf_counter() - t_wait
             submit()
             ends = np.cumsum(lengths)
             for end, n, which in zip(ends.tolist(), lengths.tolist(), splits.tolist()):
@@ -314,6 +320,9 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
         raise ValueError(f"source {source}: every document went to the validation split; lower --val-fraction")
     meta["complete"] = True
     meta["seconds"] = round(time.perf_counter() - t0, 2)
+    # What the main process itself spent (reading the source, writing shards): the ceiling on how far
+    # more workers can scale this run is seconds / main_busy_seconds.
+    meta["main_busy_seconds"] = round(meta["seconds"] - waited, 2)
     atomic_write_json(meta_path, meta)
     return meta
 
@@ -331,13 +340,15 @@ def main(argv=None):
     p.add_argument("--shard-tokens", default="50M", help="tokens per train shard (default 50M)")
     p.add_argument("--val-fraction", type=float, default=0.01, help="fraction of documents held out (default 0.01)")
     p.add_argument("--workers", type=int, default=None,
-                   help="tokenizer processes, each with cores/workers encoding threads (default: cores/2)")
+                   help="tokenizer processes (default: cores/2)")
+    p.add_argument("--threads", type=int, default=None, help="encoding threads per process (default: cores/workers)")
     args = p.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     meta = prepare(args.source, args.out, tokenizer_name=args.tokenizer, column=args.column,
                    max_tokens=parse_count(args.tokens) if args.tokens else None,
-                   shard_tokens=parse_count(args.shard_tokens), val_fraction=args.val_fraction, workers=args.workers)
+                   shard_tokens=parse_count(args.shard_tokens), val_fraction=args.val_fraction, workers=args.workers,
+                   threads=args.threads)
     print(f"{args.out}: {meta['tokens']['train']:,} train tokens ({meta['documents']['train']:,} documents), "
           f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']:,} documents), "
           f"{len(meta['shards'])} shards")

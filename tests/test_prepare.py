@@ -63,10 +63,11 @@ def test_resume_after_interruption(tmp_path, tokenizer):
     assert whole["tokens"] == resumed["tokens"] and whole["documents"] == resumed["documents"]
 
 
-def test_resume_does_not_depend_on_worker_count(tmp_path, tokenizer):
+def test_output_does_not_depend_on_workers_or_threads(tmp_path, tokenizer):
     src = [_jsonl(tmp_path / "a.jsonl", DOCS)]
-    _run(src, tmp_path / "w1", tokenizer, workers=1)
-    _run(src, tmp_path / "w2", tokenizer, workers=2, batch_docs=3)
+    tokenizer(DOCS[:50])  # the parent encodes in parallel first: forked workers must still use their threads
+    _run(src, tmp_path / "w1", tokenizer, workers=1, threads=1)
+    _run(src, tmp_path / "w2", tokenizer, workers=2, threads=3, batch_docs=7)
     for split in ("train", "val"):
         np.testing.assert_array_equal(_stream(str(tmp_path / "w1"), split), _stream(str(tmp_path / "w2"), split))
 
@@ -186,3 +187,12 @@ def test_hf_streaming_source_on_a_local_dataset(tmp_path, tokenizer):
 def test_hf_hub_unreachable_is_a_clear_error(tmp_path, tokenizer):
     with pytest.raises(OSError, match="cannot stream HuggingFaceTB/smollm-corpus/cosmopedia-v2 from the Hugging Face Hub"):
         _run(["hf"], tmp_path / "ds", tokenizer)
+
+
+def test_split_by_chars_keeps_every_document_in_order():
+    from smollm.tokenize_worker import _split_by_chars
+
+    for texts in (["a" * 10, "b", "c" * 5, "", "d" * 30], ["x"], ["", ""], [str(i) * i for i in range(40)]):
+        for parts in (1, 2, 3, 8, 50):
+            pieces = _split_by_chars(texts, parts)
+            assert [t for p in pieces for t in p] == texts and len(pieces) <= parts and all(pieces)
