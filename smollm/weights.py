@@ -189,6 +189,40 @@ def load_gguf(path: str, kernels: str = "torch") -> SmolLM:
     return model
 
 
+def write_hf_files(model: SmolLM, directory: str, tokenizer=None) -> None:
+    """config.json, model.safetensors (Hugging Face keys, the tied head left out as HF does),
+    generation_config.json and, given a tokenizer, its files, into an existing directory."""
+    model.config.save(directory)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_KEY}
+    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+def replace_dir(tmp: str, out_dir: str) -> None:
+    """Move the finished directory tmp to out_dir, replacing what is there; files are fsynced first,
+    so a crash leaves either the old directory or the whole new one."""
+    for name in os.listdir(tmp):
+        path = os.path.join(tmp, name)
+        if os.path.isfile(path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories
+    parent = os.path.dirname(out_dir)
+    if os.path.exists(out_dir):
+        old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+        os.replace(out_dir, os.path.join(old, "x"))
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out_dir)
+
+
 def export_hf(model: SmolLM, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> str:
     """Write config.json + model.safetensors (+ tokenizer files) atomically: into a temporary
     directory beside out_dir, then renamed into place."""
@@ -199,20 +233,8 @@ def export_hf(model: SmolLM, out_dir: str | os.PathLike, tokenizer=None, overwri
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
     try:
-        model.config.save(tmp)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_KEY}
-        save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-            json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "x"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
+        write_hf_files(model, tmp, tokenizer)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

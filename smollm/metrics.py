@@ -1,0 +1,92 @@
+"""Throughput accounting (FLOPs per token, MFU, peak memory) and the run's metrics log."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+
+import torch
+
+from smollm.config import ModelConfig
+
+# Dense bf16 tensor-core peaks in TFLOP/s (no sparsity). Matched against torch.cuda.get_device_name
+# in this order, so "A100" does not catch an "A10G".
+PEAK_TFLOPS_BF16 = [("A10G", 70.0), ("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
+                    ("L4", 121.0), ("A10", 125.0)]
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) as in PaLM's appendix B and nanoGPT: 6 per
+    matmul weight (the tied embedding counts once, as the LM head; norms are not matmuls) plus
+    the attention scores and values, 12 * layers * heads * head_dim * T. Causal attention is
+    counted in full, as those references do, so figures compare across projects."""
+    n_matmul = cfg.n_params - (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
+    attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
+    return 6 * n_matmul + attn
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf for key, tf in PEAK_TFLOPS_BF16 if key in name), None)
+
+
+def mfu(tokens_per_s: float, cfg: ModelConfig, seq_len: int, device: torch.device) -> float | None:
+    peak = peak_tflops(device)
+    return None if peak is None else tokens_per_s * flops_per_token(cfg, seq_len) / (peak * 1e12)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU: the allocator's high-water mark. CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (and TensorBoard scalars when available)."""
+
+    def __init__(self, run_dir: str, tensorboard: bool = True):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            except ImportError:  # tensorboard not installed: the JSON lines are the record
+                pass
+
+    def write(self, record: dict):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "tokens") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def truncate_after(self, step: int):
+        """Forget lines written after `step` (a resumed run writes them again)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        from smollm.data import atomic_write_bytes
+
+        atomic_write_bytes(self.path, [line.encode() for line in keep])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

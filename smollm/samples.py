@@ -1,0 +1,68 @@
+"""The record of the text getting better: continuations of fixed prompts at every checkpoint, kept
+as samples.jsonl (the data) and samples.md (the same, to read)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from smollm.data import atomic_write_bytes
+from smollm.generate import generate
+
+
+@torch.no_grad()
+def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
+                  top_k: int | None = None, seed: int = 0) -> list[str]:
+    """Each prompt continued on its own generator, so the text depends only on the weights and seed."""
+    device = next(model.parameters()).device
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)  # (1, T)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        new = generate(model, ids, max_new_tokens, temperature, top_k, eos_id=tokenizer.eos_token_id,
+                       generator=gen)[0, ids.shape[1]:]
+        out.append(tokenizer.decode(new))
+    return out
+
+
+def read_samples(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "samples.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_samples(run_dir: str, records: list[dict], title: str) -> None:
+    atomic_write_bytes(os.path.join(run_dir, "samples.jsonl"), [(json.dumps(r) + "\n").encode() for r in records])
+    atomic_write_bytes(os.path.join(run_dir, "samples.md"), [samples_markdown(records, title).encode()])
+
+
+def add_samples(run_dir: str, record: dict, title: str) -> None:
+    """Append one checkpoint's samples (replacing any earlier record of the same step)."""
+    records = [r for r in read_samples(run_dir) if r["step"] != record["step"]] + [record]
+    write_samples(run_dir, sorted(records, key=lambda r: r["step"]), title)
+
+
+def truncate_samples_after(run_dir: str, step: int, title: str) -> None:
+    records = read_samples(run_dir)
+    if any(r["step"] > step for r in records):
+        write_samples(run_dir, [r for r in records if r["step"] <= step], title)
+
+
+def _fmt_loss(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def samples_markdown(records: list[dict], title: str) -> str:
+    lines = [f"# Samples: {title}", "",
+             "Each prompt continued by the checkpoint of that step (same prompts and seed every time).", ""]
+    for r in records:
+        lines += [f"## Step {r['step']:,} · {r['tokens']:,} tokens · train loss {_fmt_loss(r.get('loss'))} · "
+                  f"val loss {_fmt_loss(r.get('val_loss'))}", ""]
+        for prompt, text in zip(r["prompts"], r["texts"]):
+            fence = "````" if "```" in prompt + text else "```"
+            lines += [f"**{prompt}**", "", fence + "text", prompt + text, fence, ""]
+    return "\n".join(lines)

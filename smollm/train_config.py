@@ -1,0 +1,297 @@
+"""Training run configuration: dataclass sections, read from YAML, overridden from the command line
+with `section.key=value`. Unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from smollm.config import ModelConfig, get_preset
+
+
+@dataclass
+class ModelSection:
+    preset: str = "smollm2-135m"
+    kernels: str = "triton"  # triton | torch
+    compile: bool = True  # torch.compile the model (the training forward + backward)
+    overrides: dict = field(default_factory=dict)  # ModelConfig fields that differ from the preset
+
+
+@dataclass
+class DataSection:
+    path: str = "data/stdlib"  # prepared shards (python -m smollm.prepare)
+    # When `path` holds no finished dataset, train.py prepares it first from these (see smollm.prepare).
+    source: list[str] = field(default_factory=lambda: ["stdlib"])
+    tokens: str | None = None  # token budget of that preparation, e.g. 1.2B; null: the whole source
+    val_fraction: float = 0.01
+    tokenizer: str | None = None  # null: resolved as in the README
+    seq_len: int = 1024
+
+
+@dataclass
+class TrainSection:
+    micro_batch: int = 16  # sequences per forward/backward on each device
+    grad_accum: int = 2  # micro-batches per optimizer step
+    max_steps: int = 37000
+    seed: int = 1337  # model init and the data order: batch s depends only on (seed, s, rank)
+    dtype: str = "bf16"  # autocast dtype on a GPU: bf16 | fp32; on a CPU fp32 unless cpu_autocast
+    cpu_autocast: bool = False  # bf16 autocast on a CPU too (fast on CPUs with AVX512-BF16/AMX)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # on matrices (and the tied embedding); never on norm weights
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    fused: str = "auto"  # auto (fused AdamW on a GPU) | true | false
+
+
+@dataclass
+class ScheduleSection:
+    kind: str = "wsd"  # wsd (warmup-stable-decay) | cosine
+    warmup_steps: int = 1000
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays
+    decay_shape: str = "1-sqrt"  # wsd: 1-sqrt | linear | cosine
+    min_lr_ratio: float = 0.0  # the last step's LR, as a fraction of the peak
+
+
+@dataclass
+class LogSection:
+    out_dir: str = "runs/smollm2-135m"
+    log_every: int = 10  # steps between metrics lines
+    eval_every: int = 500  # steps between validation losses (and at the start and the end)
+    eval_batches: int = 16  # micro-batches of validation windows (the same ones every time)
+    ckpt_every: int = 1000  # steps between checkpoints (and samples); also at the end
+    keep_trainer_states: int = 2  # optimizer states kept (latest N checkpoints); weights are kept for all
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+
+
+@dataclass
+class SampleSection:
+    prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "def fibonacci(n):"])
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    log: LogSection = field(default_factory=LogSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+
+    def model_config(self) -> ModelConfig:
+        base = get_preset(self.model.preset)
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        for key in self.model.overrides:
+            if key not in names:
+                raise ConfigError(f"model.overrides.{key}: not a ModelConfig field (one of {sorted(names)})")
+        try:
+            return dataclasses.replace(base, **self.model.overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.overrides: {e}") from None
+
+    def validate(self) -> "RunConfig":
+        def need(ok: bool, key: str, value, what: str):
+            if not ok:
+                raise ConfigError(f"{key}: {what}, got {value!r}")
+
+        for key in ("train.micro_batch", "train.grad_accum", "train.max_steps", "data.seq_len", "log.log_every",
+                    "log.eval_every", "log.eval_batches", "log.ckpt_every", "sample.max_new_tokens"):
+            value = self.get(key)
+            need(value > 0, key, value, "must be positive")
+        need(self.model.kernels in ("torch", "triton"), "model.kernels", self.model.kernels, "must be torch or triton")
+        need(self.train.dtype in ("bf16", "fp32"), "train.dtype", self.train.dtype, "must be bf16 or fp32")
+        need(self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive")
+        need(len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas",
+             self.optim.betas, "must be two numbers in [0, 1)")
+        need(self.optim.fused in ("auto", "true", "false"), "optim.fused", self.optim.fused, "must be auto, true or false")
+        need(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "must be >= 0 (0 = off)")
+        need(self.schedule.kind in ("wsd", "cosine"), "schedule.kind", self.schedule.kind, "must be wsd or cosine")
+        need(self.schedule.decay_shape in ("1-sqrt", "linear", "cosine"), "schedule.decay_shape",
+             self.schedule.decay_shape, "must be 1-sqrt, linear or cosine")
+        need(0 <= self.schedule.decay_fraction <= 1, "schedule.decay_fraction", self.schedule.decay_fraction,
+             "must be in [0, 1]")
+        need(0 <= self.schedule.min_lr_ratio <= 1, "schedule.min_lr_ratio", self.schedule.min_lr_ratio,
+             "must be in [0, 1]")
+        need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps", self.schedule.warmup_steps, "must be >= 0")
+        need(0 <= self.data.val_fraction < 1, "data.val_fraction", self.data.val_fraction, "must be in [0, 1)")
+        need(self.sample.temperature >= 0, "sample.temperature", self.sample.temperature, "must be >= 0")
+        need(self.log.keep_trainer_states >= 1, "log.keep_trainer_states", self.log.keep_trainer_states,
+             "must be at least 1 (the latest checkpoint must stay resumable)")
+        cfg = self.model_config()
+        need(self.data.seq_len <= cfg.max_position_embeddings, "data.seq_len", self.data.seq_len,
+             f"must be at most the model's max_position_embeddings ({cfg.max_position_embeddings})")
+        return self
+
+    # ---- dotted access, YAML in and out ----
+
+    def get(self, key: str):
+        section, name = _split_key(key)
+        return getattr(getattr(self, section), name)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    section, _, name = key.partition(".")
+    types_ = _section_types()
+    if section not in types_ or not name:
+        raise ConfigError(f"{key}: unknown key (sections: {', '.join(types_)}; write section.key=value)")
+    fields = {f.name for f in dataclasses.fields(types_[section])}
+    if name.split(".")[0] not in fields:
+        raise ConfigError(f"{key}: unknown key (keys of {section}: {', '.join(sorted(fields))})")
+    return section, name
+
+
+def _coerce(value, tp, key: str):
+    """value (from YAML) checked against the annotation tp; ints are accepted for floats, and
+    strings such as '1e-3' (YAML 1.1 reads them as text) for numbers."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else _bad(key, "an integer", value)
+            except ValueError:
+                pass
+        _bad(key, "an integer", value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        _bad(key, "a number", value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):  # yaml reads `true` in a str field (optim.fused) as a bool
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return str(value)
+        _bad(key, "text", value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _bad(key, what, value):
+    raise ConfigError(f"{key}: expected {what}, got {value!r}")
+
+
+def _section_from_dict(cls, data, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown key (keys of {where.split(':')[-1].strip()}: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    types_ = _section_types()
+    for key in data:
+        if key not in types_:
+            raise ConfigError(f"{source}: unknown section {key!r} (sections: {', '.join(types_)})")
+    return RunConfig(**{name: _section_from_dict(tp, data.get(name), f"{source}: {name}" if source else name)
+                        for name, tp in types_.items()})
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
+    """The YAML file at path (None: every default), then `section.key=value` overrides, validated."""
+    data = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path) as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    cfg = from_dict(data, path or "config")
+    return apply_overrides(cfg, overrides).validate()
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    data = cfg.to_dict()
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"{item!r}: overrides are section.key=value (e.g. optim.lr=1e-3)")
+        section, name = _split_key(key.strip())
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot read value {text!r} ({e})") from None
+        if "." in name:  # model.overrides.hidden_size=256
+            top, _, sub = name.partition(".")
+            target = data[section][top]
+            if not isinstance(target, dict):
+                raise ConfigError(f"{key}: {section}.{top} has no sub-keys")
+            target[sub] = value
+        else:
+            data[section][name] = value
+    return from_dict(data, "")

@@ -1,0 +1,190 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import smollm.train as T
+from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
+from smollm.config import get_preset
+from smollm.metrics import read_metrics
+from smollm.model import SmolLM
+from smollm.train_config import RunConfig, apply_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO_MODEL = ("model.overrides={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+               "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, tokenizer):
+    """A real slice of the offline corpus, with a validation split big enough to evaluate."""
+    from smollm.prepare import prepare
+
+    out = str(tmp_path_factory.mktemp("data") / "stdlib")
+    prepare(["stdlib"], out, tokenizer=tokenizer, max_tokens=80_000, val_fraction=0.25, shard_tokens=30_000,
+            workers=1, progress=False)
+    return out
+
+
+def _overrides(run_dir, dataset, gguf_path, *extra):
+    return [f"data.path={dataset}", f"data.tokenizer={gguf_path}", "data.seq_len=32", "model.preset=tiny",
+            "model.kernels=torch", "model.compile=false", MICRO_MODEL, "train.micro_batch=4", "train.grad_accum=2",
+            "train.max_steps=6", "log.log_every=1", "log.eval_every=3", "log.eval_batches=2", "log.ckpt_every=3",
+            f"log.out_dir={run_dir}", "log.tensorboard=false", "sample.max_new_tokens=4",
+            "schedule.warmup_steps=2", "schedule.decay_fraction=0.5", *extra]
+
+
+def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
+    return apply_overrides(RunConfig(), _overrides(run_dir, dataset, gguf_path, *extra)).validate()
+
+
+def _losses(run_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(str(run_dir)) if "loss" in m}
+
+
+# ------------------------------------------------------------------------- accumulation --
+
+def test_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    x = torch.randint(0, cfg.vocab_size, (8, 16))
+    y = torch.randint(0, cfg.vocab_size, (8, 16))
+    y[0, :13] = -100  # micro-batches with different numbers of valid targets
+    y[5, 2:] = -100
+
+    def grads(split):
+        torch.manual_seed(1)
+        model = SmolLM(cfg)
+        b = 8 // split
+        loss = T.forward_backward(model, [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(split)])
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss1, g1 = grads(1)
+    for split in (2, 4, 8):
+        loss, g = grads(split)
+        assert abs(loss.item() - loss1.item()) < 1e-5, split
+        for n in g1:
+            assert (g[n] - g1[n]).abs().max() <= 1e-5 * g1[n].abs().max() + 1e-9, (split, n)
+
+    # The test can fail: the plain mean of the micro-batch means weighs a target of a micro-batch
+    # with few valid targets more, and its gradient is far outside the tolerance above.
+    torch.manual_seed(1)
+    model = SmolLM(cfg)
+    (sum(model(x[i * 2:(i + 1) * 2], y[i * 2:(i + 1) * 2]) for i in range(4)) / 4).backward()
+    w = "model.embed_tokens.weight"
+    assert (model.get_parameter(w).grad - g1[w]).abs().max() > 0.1 * g1[w].abs().max()
+
+
+# ------------------------------------------------------------------------- exact resume --
+
+def test_resume_is_exact(tmp_path, dataset, gguf_path):
+    whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
+    assert whole["step"] == 6 and whole["stopped"] is None
+    first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path), stop_at_step=4)  # as if reclaimed at step 4
+    assert first["step"] == 4 and first["stopped"] == "stop_at_step"
+    assert latest_checkpoint(str(tmp_path / "resumed")).endswith("step_000004")
+    T.train(_cfg(tmp_path / "resumed", dataset, gguf_path), resume="latest")
+
+    a, b = _losses(tmp_path / "whole"), _losses(tmp_path / "resumed")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert a == b  # to the bit: CPU, fp32
+    va = [m["val_loss"] for m in read_metrics(str(tmp_path / "whole")) if "val_loss" in m]
+    vb = [m["val_loss"] for m in read_metrics(str(tmp_path / "resumed")) if "val_loss" in m]
+    assert va == vb and len(va) == 3  # steps 0, 3, 6
+    from smollm.weights import read_safetensors
+
+    wa = read_safetensors(latest_checkpoint(str(tmp_path / "whole")))
+    wb = read_safetensors(latest_checkpoint(str(tmp_path / "resumed")))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    # The record of the run: samples at every checkpoint, a loss curve, transformers-loadable weights.
+    samples = [json.loads(line) for line in open(tmp_path / "whole" / "samples.jsonl")]
+    assert [s["step"] for s in samples] == [3, 6]
+    md = (tmp_path / "whole" / "samples.md").read_text()
+    assert "## Step 3" in md and "## Step 6" in md and "def fibonacci(n):" in md
+    assert (tmp_path / "whole" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    os.unlink(tmp_path / "whole" / "loss.png")
+    assert T.main(["plot", str(tmp_path / "whole")]) == 0
+    assert (tmp_path / "whole" / "loss.png").stat().st_size > 10_000
+
+
+def test_run_directory_with_checkpoints_needs_resume(tmp_path, dataset, gguf_path, capsys):
+    T.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        T.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, gguf_path, monkeypatch,
+                                                                   capsys):
+    real = T.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(T, "forward_backward", poisoned)
+    rc = T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+                 *_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "train.max_steps=9")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "non-finite loss (nan)" in err and "at step 5" in err and "step_000004" in err
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [2, 4]
+
+
+def test_config_errors_from_the_command_line(capsys):
+    assert T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "optim.lerning_rate=1"]) == 2
+    assert "optim.lerning_rate: unknown key" in capsys.readouterr().err
+    assert T.main(["train.max_steps=ten"]) == 2
+    assert "train.max_steps: expected an integer, got 'ten'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- processes --
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_step_checkpoints_and_exits_0(tmp_path, dataset, gguf_path, sig):
+    run = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+           *_overrides(run, dataset, gguf_path, "train.max_steps=100000", "log.ckpt_every=100000",
+                       "log.eval_every=100000")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_losses(run)) < 3 and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert f"({signal.Signals(sig).name})" in out
+    steps = list_checkpoints(str(run))
+    assert len(steps) == 1 and os.path.exists(os.path.join(steps[0][1], TRAINER_STATE))
+    assert steps[0][0] == max(_losses(run)) >= 3  # the checkpoint is of the last finished step
+
+
+def test_ddp_on_gloo_matches_one_process(tmp_path, dataset, gguf_path):
+    """2 processes x 2 sequences = 1 process x 4 sequences: the same windows, the same losses."""
+    common = ["train.grad_accum=2", "train.max_steps=4", "log.ckpt_every=4", "log.eval_every=4"]
+    one = [sys.executable, os.path.join(ROOT, "train.py"),
+           *_overrides(tmp_path / "one", dataset, gguf_path, *common, "train.micro_batch=4")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"),
+           *_overrides(tmp_path / "two", dataset, gguf_path, *common, "train.micro_batch=2")]
+    for cmd in (one, two):
+        r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "two"))] == [4]  # rank 0 alone wrote it

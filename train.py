@@ -1,0 +1,9 @@
+"""Pretrain SmolLM2 from scratch: `python train.py [--config configs/X.yaml] [section.key=value ...]`.
+See smollm/train.py."""
+
+import sys
+
+from smollm.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
