@@ -64,5 +64,6 @@ def samples_markdown(records: list[dict], title: str) -> str:
                   f"val loss {_fmt_loss(r.get('val_loss'))}", ""]
         for prompt, text in zip(r["prompts"], r["texts"]):
             fence = "````" if "```" in prompt + text else "```"
-            lines += [f"**{prompt}**", "", fence + "text", prompt + text, fence, ""]
+            shown = json.dumps(prompt, ensure_ascii=False)  # newlines and spaces visible
+            lines += [f"Prompt `{shown}`:", "", fence + "text", prompt + text, fence, ""]
     return "\n".join(lines)

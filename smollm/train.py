@@ -199,7 +199,12 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
     if d.main:
         from smollm.tokenizer import load_tokenizer
 
+        from smollm.prepare import tokenizer_fingerprint
+
         tokenizer = load_tokenizer(cfg.data.tokenizer)
+        if meta.get("tokenizer_fingerprint") not in (None, tokenizer_fingerprint(tokenizer)):
+            raise ConfigError(f"data.tokenizer: {tokenizer.name_or_path!r} is not the tokenizer {cfg.data.path} was "
+                              f"prepared with ({meta.get('tokenizer')!r}); samples would decode to nonsense")
 
     torch.manual_seed(cfg.train.seed)
     model = SmolLM(mcfg, kernels=cfg.model.kernels).to(device)
@@ -279,7 +284,8 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
     try:
         if step == 0:
             run_eval()
-        busy, steps_last, gnorm = 0.0, 0, None  # training time since the last log line (no eval, no checkpoint)
+        # Since the last log line: training time (no eval, no checkpoint), steps, summed loss.
+        busy, steps_last, loss_acc, gnorm = 0.0, 0, 0.0, None
         while step < max_steps:
             t0 = time.perf_counter()
             block = next(loader)  # (A * B, T)
@@ -305,19 +311,22 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
             tokens += tokens_per_step
             steps_last += 1
             last_loss = loss.item()
+            loss_acc += last_loss
             busy += time.perf_counter() - t0
             bar.update(1)
             if step % cfg.log.log_every == 0 or step == max_steps:
                 tps = steps_last * tokens_per_step / busy
                 u = mfu(tps, mcfg, T, device)
-                record = {"step": step, "tokens": tokens, "loss": last_loss, "lr": lr, "grad_norm": gnorm.item(),
+                # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
+                record = {"step": step, "tokens": tokens, "loss": loss_acc / steps_last, "lr": lr,
+                          "grad_norm": gnorm.item(),
                           "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(device),
                           "seconds_per_step": busy / steps_last}
-                busy, steps_last = 0.0, 0
+                busy, steps_last, loss_acc = 0.0, 0, 0.0
                 if d.main:
                     log.write(record)
-                    bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
-                    bar.write(f"step {step:>6} | loss {last_loss:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
+                    bar.write(f"step {step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
                               f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
                               + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
             if step % cfg.log.eval_every == 0 or step == max_steps:
@@ -338,7 +347,7 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
         bar.close()
         if log is not None:
             log.close()
-    if d.main and step == max_steps:
+    if d.main:
         from smollm.plot import plot_run
 
         print(f"loss curve: {plot_run(run_dir)}", flush=True)

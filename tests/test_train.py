@@ -88,7 +88,7 @@ def test_resume_is_exact(tmp_path, dataset, gguf_path):
     first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path), stop_at_step=4)  # as if reclaimed at step 4
     assert first["step"] == 4 and first["stopped"] == "stop_at_step"
     assert latest_checkpoint(str(tmp_path / "resumed")).endswith("step_000004")
-    T.train(_cfg(tmp_path / "resumed", dataset, gguf_path), resume="latest")
+    assert T.main(["--resume", str(tmp_path / "resumed")]) == 0  # the checkpoint's own config
 
     a, b = _losses(tmp_path / "whole"), _losses(tmp_path / "resumed")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
