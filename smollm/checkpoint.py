@@ -1,10 +1,12 @@
 """Checkpoints: `<run>/checkpoints/step_000123/` holds model.safetensors + config.json (a Hugging
 Face directory that transformers loads as it is), trainer_state.pt (optimizer, LR scheduler, step,
-tokens seen, data position, RNG states, last loss) and run_config.yaml. Each is written to a
+tokens seen, data position, RNG states, last loss), checkpoint.json (step, tokens, losses; kept
+when trainer_state.pt is pruned), the tokenizer files and run_config.yaml. Each is written to a
 temporary directory and renamed into place; `checkpoints/latest` names the newest."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -18,6 +20,7 @@ from smollm.weights import read_safetensors, replace_dir, write_hf_files
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
+INFO = "checkpoint.json"
 RUN_CONFIG = "run_config.yaml"
 NAME = re.compile(r"^step_(\d+)$")
 
@@ -52,6 +55,13 @@ def save_checkpoint(run_dir: str, model, trainer_state: dict, run_config_yaml: s
     try:
         write_hf_files(model, tmp, tokenizer)
         torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
+        # What the weights are, kept when trainer_state.pt is pruned (generate.py --checkpoints).
+        val = trainer_state.get("last_val_loss")
+        info = {"step": trainer_state["step"], "tokens": trainer_state.get("tokens"),
+                "loss": trainer_state.get("last_loss"),
+                "val_loss": val[1] if val and val[0] == trainer_state["step"] else None}
+        with open(os.path.join(tmp, "checkpoint.json"), "w") as f:
+            json.dump(info, f, indent=1)
         with open(os.path.join(tmp, RUN_CONFIG), "w") as f:
             f.write(run_config_yaml)
         replace_dir(tmp, final)

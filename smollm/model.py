@@ -40,6 +40,24 @@ class RMSNorm(nn.Module):
         return self.ops.rms_norm(x, self.weight, self.eps)
 
 
+class KVCache(nn.Module):
+    """Static cache of one layer's keys and values: the model's 3 KV heads (never the 9 expanded
+    ones), preallocated to the longest sequence, written at given slots."""
+
+    def __init__(self, batch: int, slots: int, n_kv: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        self.register_buffer("k", torch.zeros(batch, n_kv, slots, head_dim, dtype=dtype, device=device),
+                             persistent=False)  # (B, Hkv, S, Dh)
+        self.register_buffer("v", torch.zeros(batch, n_kv, slots, head_dim, dtype=dtype, device=device),
+                             persistent=False)  # (B, Hkv, S, Dh)
+
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """slots (T,), k/v (B, Hkv, T, Dh) -> the whole cache (B, Hkv, S, Dh) each."""
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
+        return self.k, self.v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
         super().__init__()
@@ -50,8 +68,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
         self.ops = ops
+        self.cache: KVCache | None = None
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, slots=None, mask=None):
+        """Training / full context: x (B, T, D), causal. With a cache: the new tokens x are written at
+        `slots` (T,) and attend to the whole cache under mask (B, 1, T, S)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, Hq, Dh)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
@@ -59,8 +80,13 @@ class Attention(nn.Module):
         q, k = self.ops.rope(q, k, cos, sin)
         # SDPA wants (B, H, T, Dh); enable_gqa shares each KV head across its query group without
         # materializing the repeated K/V.
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=self.n_kv != self.n_head)  # (B, Hq, T, Dh)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        gqa = self.n_kv != self.n_head
+        if slots is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, Hq, T, Dh)
+        else:
+            k, v = self.cache.update(slots, k, v)  # (B, Hkv, S, Dh)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, Hq, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -85,8 +111,8 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, slots=None, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -164,3 +190,32 @@ class SmolLM(nn.Module):
             return self.lm_head(h)  # (B, T, V)
         D = h.shape[-1]
         return self.ops.linear_cross_entropy(h.reshape(-1, D), self.lm_head.weight, targets.reshape(-1))
+
+    # ---- inference with a KV cache (smollm/generate.py) ----
+
+    def setup_cache(self, batch: int, slots: int, dtype: torch.dtype | None = None) -> None:
+        """Preallocate every layer's cache for `batch` sequences of up to `slots` tokens."""
+        if slots > self.config.max_position_embeddings:
+            raise ValueError(f"{slots} cache slots exceed max_position_embeddings {self.config.max_position_embeddings}")
+        w = self.model.embed_tokens.weight
+        c = self.config
+        for layer in self.model.layers:
+            layer.self_attn.cache = KVCache(batch, slots, c.num_key_value_heads, c.head_dim, dtype or w.dtype, w.device)
+
+    def clear_cache(self) -> None:
+        for layer in self.model.layers:
+            layer.self_attn.cache = None
+
+    def forward_cached(self, input_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                       mask: torch.Tensor, last_only: bool = True) -> torch.Tensor:
+        """input_ids (B, T) written at cache slots (T,), at RoPE positions (B, T), attending under
+        mask (B, 1, T, S) (True: may attend). Returns logits (B, V) of the last token, or (B, T, V)."""
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, Dh)
+        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, slots, mask)
+        if last_only:
+            x = x[:, -1:]
+        x = self.model.norm(x)
+        logits = self.lm_head(x)  # (B, T or 1, V)
+        return logits[:, -1] if last_only else logits

@@ -9,20 +9,18 @@ import os
 import torch
 
 from smollm.data import atomic_write_bytes
-from smollm.generate import generate
+from smollm.generate import Sampling, generate
 
 
 @torch.no_grad()
 def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, seed: int = 0) -> list[str]:
     """Each prompt continued on its own generator, so the text depends only on the weights and seed."""
-    device = next(model.parameters()).device
+    sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
     out = []
     for prompt in prompts:
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)  # (1, T)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        new = generate(model, ids, max_new_tokens, temperature, top_k, eos_id=tokenizer.eos_token_id,
-                       generator=gen)[0, ids.shape[1]:]
+        new = generate(model, [tokenizer(prompt)["input_ids"]], max_new_tokens, sampling,
+                       eos_id=tokenizer.eos_token_id)[0]
         out.append(tokenizer.decode(new))
     return out
 

@@ -256,7 +256,8 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
                          "tokens": tokens, "data": {"seed": cfg.train.seed, "next_step": step},
                          "rng": rng_states(), "last_loss": last_loss, "last_val_loss": last_val,
                          "world_size": d.world, "micro_batch": B, "grad_accum": A}
-        path = save_checkpoint(run_dir, model, trainer_state, cfg.to_yaml(), keep_trainer_states=cfg.log.keep_trainer_states)
+        path = save_checkpoint(run_dir, model, trainer_state, cfg.to_yaml(), tokenizer=tokenizer,
+                               keep_trainer_states=cfg.log.keep_trainer_states)
         texts = continuations(model, tokenizer, cfg.sample.prompts, cfg.sample.max_new_tokens,
                               cfg.sample.temperature, cfg.sample.top_k, cfg.sample.seed)
         model.train()
