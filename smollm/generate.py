@@ -204,10 +204,11 @@ def _fmt(x, spec):
 
 def compare_checkpoints(ckpts: list[str], prompt: str, max_new_tokens: int, sampling: Sampling,
                         tokenizer_name: str | None = None, kernels: str = "torch",
-                        stream=sys.stdout) -> str:
+                        stream=None) -> str:
     """The same prompt and seed through each checkpoint; returns the Markdown table of samples."""
     from smollm.weights import load_model
 
+    stream = stream or sys.stdout
     rows = []
     for ckpt in ckpts:
         if not os.path.exists(ckpt):

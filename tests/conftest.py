@@ -62,3 +62,29 @@ def assert_bf16_close(got: torch.Tensor, want32: torch.Tensor, ref16: torch.Tens
     budget = 2 * max_err(ref16, want32) + 2 ** -7 * want32.float().abs().max().item()
     err = max_err(got, want32)
     assert err <= budget, f"{what}: bf16 max error {err:.3g} exceeds budget {budget:.3g}"
+
+
+# ---- a real slice of the offline corpus and a micro training run, for the trainer and generation ----
+
+MICRO_MODEL = ("model.overrides={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+               "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, tokenizer):
+    """Shards of the first stdlib files, with a validation split big enough to evaluate."""
+    from smollm.prepare import prepare
+
+    out = str(tmp_path_factory.mktemp("data") / "stdlib")
+    prepare(["stdlib"], out, tokenizer=tokenizer, max_tokens=80_000, val_fraction=0.25, shard_tokens=30_000,
+            workers=1, progress=False)
+    return out
+
+
+def micro_run_overrides(run_dir, dataset, gguf_path, *extra) -> list[str]:
+    """A 2-layer, 64-wide model (the real tokenizer) trained for 6 steps of 2 x 4 x 32 tokens."""
+    return [f"data.path={dataset}", f"data.tokenizer={gguf_path}", "data.seq_len=32", "model.preset=tiny",
+            "model.kernels=torch", "model.compile=false", MICRO_MODEL, "train.micro_batch=4", "train.grad_accum=2",
+            "train.max_steps=6", "log.log_every=1", "log.eval_every=3", "log.eval_batches=2", "log.ckpt_every=3",
+            f"log.out_dir={run_dir}", "log.tensorboard=false", "sample.max_new_tokens=4",
+            "schedule.warmup_steps=2", "schedule.decay_fraction=0.5", *extra]

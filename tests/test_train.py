@@ -14,31 +14,9 @@ from smollm.config import get_preset
 from smollm.metrics import read_metrics
 from smollm.model import SmolLM
 from smollm.train_config import RunConfig, apply_overrides
+from conftest import micro_run_overrides as _overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICRO_MODEL = ("model.overrides={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
-               "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}")
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory, tokenizer):
-    """A real slice of the offline corpus, with a validation split big enough to evaluate."""
-    from smollm.prepare import prepare
-
-    out = str(tmp_path_factory.mktemp("data") / "stdlib")
-    prepare(["stdlib"], out, tokenizer=tokenizer, max_tokens=80_000, val_fraction=0.25, shard_tokens=30_000,
-            workers=1, progress=False)
-    return out
-
-
-def _overrides(run_dir, dataset, gguf_path, *extra):
-    return [f"data.path={dataset}", f"data.tokenizer={gguf_path}", "data.seq_len=32", "model.preset=tiny",
-            "model.kernels=torch", "model.compile=false", MICRO_MODEL, "train.micro_batch=4", "train.grad_accum=2",
-            "train.max_steps=6", "log.log_every=1", "log.eval_every=3", "log.eval_batches=2", "log.ckpt_every=3",
-            f"log.out_dir={run_dir}", "log.tensorboard=false", "sample.max_new_tokens=4",
-            "schedule.warmup_steps=2", "schedule.decay_fraction=0.5", *extra]
-
-
 def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
     return apply_overrides(RunConfig(), _overrides(run_dir, dataset, gguf_path, *extra)).validate()
 

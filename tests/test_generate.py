@@ -1,0 +1,159 @@
+import os
+
+import pytest
+import torch
+
+import smollm.generate as G
+from conftest import PROMPTS, micro_run_overrides
+from smollm.config import get_preset
+from smollm.generate import CachedDecoder, Sampling, generate, next_tokens
+from smollm.model import SmolLM
+
+EOS = 0
+
+
+def _ids(tokenizer, prompts):
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+# --------------------------------------------------------------- the real SmolLM2 weights --
+
+def test_greedy_equals_transformers_generate(ours_golden, hf_golden, tokenizer):
+    for prompt in PROMPTS[:4]:
+        ids = tokenizer(prompt)["input_ids"]
+        ours = generate(ours_golden, [ids], 64, eos_id=EOS)[0]
+        x = torch.tensor([ids])
+        theirs = hf_golden.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, do_sample=False,
+                                    eos_token_id=EOS, pad_token_id=EOS)[0, len(ids):].tolist()
+        if EOS in theirs:
+            theirs = theirs[:theirs.index(EOS) + 1]  # transformers pads after the end
+        assert ours == theirs, prompt
+        assert len(ours) == 64 or ours[-1] == EOS
+
+
+def test_cached_logits_equal_a_full_recompute_at_every_step(ours_golden, tokenizer):
+    ids = tokenizer(PROMPTS[3])["input_ids"]
+    dec = CachedDecoder(ours_golden, [ids], 24)
+    try:
+        logits = dec.prefill()
+        seq = list(ids)
+        for _ in range(24):
+            with torch.no_grad():
+                full = ours_golden(torch.tensor([seq]))[:, -1]  # (1, V)
+            assert (logits - full).abs().max().item() < 1e-4, len(seq)
+            nxt = int(logits.argmax(-1))
+            seq.append(nxt)
+            if dec.slot < dec.S:
+                logits = dec.step(torch.tensor([nxt]))
+    finally:
+        dec.close()
+
+
+def test_batched_left_padding_equals_one_prompt_at_a_time(ours_golden, tokenizer):
+    prompts = _ids(tokenizer, [PROMPTS[0], PROMPTS[3], PROMPTS[4]])  # 5 to 19 tokens: left padding
+    assert len({len(p) for p in prompts}) == 3
+    batched = generate(ours_golden, prompts, 24, eos_id=EOS)
+    single = [generate(ours_golden, [p], 24, eos_id=EOS)[0] for p in prompts]
+    assert batched == single
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(ours_golden, tokenizer):
+    ids = _ids(tokenizer, [PROMPTS[2]])
+    s = Sampling(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.1, seed=7)
+    a = generate(ours_golden, ids, 20, s)
+    assert a == generate(ours_golden, ids, 20, s)
+    assert a != generate(ours_golden, ids, 20, Sampling(temperature=0.9, top_k=50, top_p=0.95,
+                                                        repetition_penalty=1.1, seed=8))
+    greedy = generate(ours_golden, ids, 20)
+    assert generate(ours_golden, ids, 20, Sampling(temperature=1.0, top_k=1, seed=3)) == greedy
+    assert generate(ours_golden, ids, 20, Sampling(temperature=1.0, top_p=1e-6, seed=3)) == greedy
+
+
+# --------------------------------------------------------------- sampling, against transformers --
+
+def test_logits_processing_matches_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1000) * 3
+    history = torch.randint(0, 1000, (3, 40))
+    seen = torch.zeros(3, 1000, dtype=torch.bool).scatter_(1, history, True)
+    want = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    got = torch.where(seen, torch.where(logits < 0, logits * 1.3, logits / 1.3), logits)
+    assert torch.equal(got, want)
+    # greedy after the penalty = argmax of transformers' processed scores
+    assert torch.equal(next_tokens(logits, seen, Sampling(repetition_penalty=1.3), None), want.argmax(-1))
+    # top-p keeps the same tokens as transformers' warper: sample many times, never outside its set
+    kept = TopPLogitsWarper(0.8)(history, logits.clone()).isfinite()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        tok = next_tokens(logits, None, Sampling(temperature=1.0, top_p=0.8), g)
+        assert kept[torch.arange(3), tok].all()
+
+
+# --------------------------------------------------------------- paths, compile, bad input --
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_cached_decoding_on_both_kernel_paths(kernels):
+    torch.manual_seed(0)
+    model = SmolLM(get_preset("tiny"), kernels=kernels).eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    out = generate(model, prompts, 6)
+    for p, o in zip(prompts, out):
+        seq = list(p)
+        for tok in o:  # each token is the argmax of a full recompute
+            with torch.no_grad():
+                assert int(model(torch.tensor([seq]))[0, -1].argmax()) == tok
+            seq.append(tok)
+
+
+def test_compiled_decode_step_gives_the_same_tokens():
+    torch.manual_seed(0)
+    model = SmolLM(get_preset("tiny")).eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    assert generate(model, prompts, 8, compile=True) == generate(model, prompts, 8)
+
+
+def test_bad_input():
+    model = SmolLM(get_preset("tiny")).eval()  # 512 positions
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        generate(model, [[1] * 600], 4)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(temperature=1, top_p=1.5)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(temperature=1, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=-0.1)
+    assert len(generate(model, [[1] * 510], 10)[0]) == 2  # stops at the end of the context
+
+
+def test_cli_errors(tmp_path, capsys):
+    for argv, msg in ([["--top-p", "1.5"], "top_p must be in (0, 1]"], [["--temperature", "-1"], "temperature"],
+                      [["--model", str(tmp_path / "nope")], "nope"],
+                      [["--checkpoints", str(tmp_path / "missing")], "does not exist"]):
+        with pytest.raises(SystemExit):
+            G.main(argv)
+        assert msg in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- checkpoints of a run --
+
+def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
+    from smollm.train import train
+    from smollm.train_config import RunConfig, apply_overrides
+
+    run = tmp_path / "run"
+    train(apply_overrides(RunConfig(), micro_run_overrides(run, dataset, gguf_path, "log.ckpt_every=2")).validate())
+    out = tmp_path / "compare.md"
+    assert G.main(["--checkpoints", str(run), "--prompt", "def f(x):", "--max-new-tokens", "8",
+                   "--temperature", "0.8", "--top-k", "20", "--seed", "1", "--out", str(out)]) == 0
+    md = out.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    assert [r.split("|")[1].strip() for r in rows] == ["2", "4", "6"]
+    assert all("def f(x):" in r for r in rows) and "temperature 0.8" in md
+    printed = capsys.readouterr().out
+    assert printed.count("=== ") == 3 and "step 6 · 1,536 tokens" in printed
+    # A run directory is its latest checkpoint, with its own tokenizer.
+    assert G.resolve_source(str(run)).endswith("step_000006")
+    assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "3"]) == 0
+    assert os.path.isfile(os.path.join(G.resolve_source(str(run)), "tokenizer.json"))
