@@ -19,8 +19,9 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
     sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
     out = []
     for prompt in prompts:
+        # The training model keeps its weights' layout: a resumed run must compute exactly the same.
         new = generate(model, [tokenizer(prompt)["input_ids"]], max_new_tokens, sampling,
-                       eos_id=tokenizer.eos_token_id)[0]
+                       eos_id=tokenizer.eos_token_id, tune_layout=False)[0]
         out.append(tokenizer.decode(new))
     return out
 
