@@ -29,6 +29,20 @@ def select_ops(name: str) -> SimpleNamespace:
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) that can compute y^T = W x^T instead of
+    y = x W^T: the same numbers up to summation order, and on CPU BLAS for a few rows (batched
+    decoding) the faster call for most shapes. Set by smollm.generate.tune_cpu_layout; off otherwise."""
+
+    out_transposed = False
+
+    def forward(self, x):
+        if not self.out_transposed:
+            return super().forward(x)
+        y = self.weight @ x.reshape(-1, x.shape[-1]).t()  # (N, rows)
+        return y.t().reshape(*x.shape[:-1], self.out_features)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, ops: SimpleNamespace):
         super().__init__()
@@ -63,10 +77,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.q_proj = Linear(d, self.n_head * self.head_dim, bias=False)
+        self.k_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = Linear(self.n_head * self.head_dim, d, bias=False)
         self.ops = ops
         self.cache: KVCache | None = None
 
@@ -93,9 +107,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.ops = ops
 
     def forward(self, x):
@@ -133,7 +147,7 @@ class SmolLM(nn.Module):
         self.kernels = kernels
         self.ops = select_ops(kernels)
         self.model = Decoder(config, self.ops)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.lm_head.weight = self.model.embed_tokens.weight  # tied
         # Not persistent: the state dict holds exactly Hugging Face's keys.
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)  # (P, Dh)
