@@ -54,6 +54,14 @@ def atomic_write_bytes(path: str, chunks) -> None:
         raise
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """One JSON object per line (empty when the file does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def atomic_write_json(path: str, obj) -> None:
     atomic_write_bytes(path, [json.dumps(obj, indent=1).encode() + b"\n"])
 

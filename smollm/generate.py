@@ -133,8 +133,8 @@ class CachedDecoder:
         self.pads = torch.tensor([self.L - len(p) for p in prompts], device=self.device)  # (B,)
         ids = [[pad_id] * (self.L - len(p)) + list(p) for p in prompts]
         self.ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # (B, L)
-        slots = torch.arange(self.S, device=self.device)
-        self.valid = slots[None, :] >= self.pads[:, None]  # (B, S): padding slots are never attended
+        self.slots = torch.arange(self.S, device=self.device)  # (S,)
+        self.valid = self.slots[None, :] >= self.pads[:, None]  # (B, S): padding slots are never attended
         self.slot = self.L
         if self.device.type == "cpu" and tune_layout:
             tune_cpu_layout(model, self.B)
@@ -145,9 +145,9 @@ class CachedDecoder:
 
     def prefill(self) -> torch.Tensor:
         """The prompts in one forward -> logits (B, V) at their last token."""
-        L, S = self.L, self.S
+        L = self.L
         q = torch.arange(L, device=self.device)
-        k = torch.arange(S, device=self.device)
+        k = self.slots
         causal = k[None, :] <= q[:, None]  # (L, S)
         # A padding query attends to itself alone (a row with nothing allowed would be NaN).
         mask = causal[None] & (self.valid[:, None, :] | (k[None, None, :] == q[None, :, None]))  # (B, L, S)
@@ -159,8 +159,7 @@ class CachedDecoder:
         if self.slot >= self.S:
             raise RuntimeError("the cache is full")
         slot = torch.tensor([self.slot], device=self.device)
-        k = torch.arange(self.S, device=self.device)
-        mask = ((k[None, :] <= self.slot) & self.valid)[:, None, None, :]  # (B, 1, 1, S)
+        mask = ((self.slots[None, :] <= self.slot) & self.valid)[:, None, None, :]  # (B, 1, 1, S)
         positions = (slot - self.pads)[:, None]  # (B, 1)
         self.slot += 1
         return self.step_fn(tokens[:, None], slot, positions, mask)

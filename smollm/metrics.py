@@ -85,8 +85,6 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from smollm.data import read_jsonl
+
+    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))

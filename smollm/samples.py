@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from smollm.data import atomic_write_bytes
+from smollm.data import atomic_write_bytes, read_jsonl
 from smollm.generate import Sampling, generate
 
 
@@ -27,11 +27,7 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
 
 
 def read_samples(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "samples.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(os.path.join(run_dir, "samples.jsonl"))
 
 
 def write_samples(run_dir: str, records: list[dict], title: str) -> None:

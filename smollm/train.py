@@ -21,7 +21,7 @@ import torch.distributed as dist
 from smollm.checkpoint import (list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable, rng_states,
                                save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
-from smollm.metrics import MetricsLog, flops_per_token, mfu, peak_memory_mb
+from smollm.metrics import MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
 from smollm.samples import add_samples, continuations, truncate_samples_after
 from smollm.schedule import lr_factor
@@ -247,7 +247,6 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
               + (f"; resumed from {resumed} at step {step}" if resumed else ""), flush=True)
 
     tokens_per_step = B * A * d.world * T
-    flops_tok = flops_per_token(mcfg, T)
 
     def checkpoint():
         if not d.main:
