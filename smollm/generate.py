@@ -6,6 +6,7 @@ of a run (`python generate.py --checkpoints RUN`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,24 +62,47 @@ def next_tokens(logits: torch.Tensor, seen: torch.Tensor | None, s: Sampling,
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def tune_cpu_layout(model, batch: int, min_gain: float = 0.9) -> dict[tuple[int, int], str]:
-    """On a CPU, decoding multiplies a (batch, K) activation by every weight, and how fast the BLAS
-    does that depends on the weight's memory order and on which side of the product it sits,
-    differently for each shape and batch (measured on a 2-core AVX-512 machine: at batch 1 the
-    49152 x 576 head and the 1536 x 576 gate/up weights stream ~1.6x faster stored column-major; at
-    batch 8, W @ x^T beats x @ W^T by ~1.7x for most shapes). So time the candidates for each group
-    of same-shaped weights, all of them (cold in cache, as in a real step), and keep the fastest
-    unless the usual way is within 10%. Values, state dict and the training path stay as they are."""
+def _linear_groups(model) -> dict[tuple[int, int], list]:
+    """Every smollm.model.Linear, grouped by weight shape (the tied head once)."""
     from smollm.model import Linear
 
-    if getattr(model, "_layout_batch", None) == batch:
-        return model._layout
     groups: dict[tuple[int, int], list[Linear]] = {}
     seen = set()
     for module in model.modules():
-        if isinstance(module, Linear) and id(module.weight) not in seen:  # the tied head once
+        if isinstance(module, Linear) and id(module.weight) not in seen:
             seen.add(id(module.weight))
             groups.setdefault(tuple(module.weight.shape), []).append(module)
+    return groups
+
+
+def _layout_tensors(module, choice: str, batch: int):
+    """(weight data, cpu_kernel, packed) of one Linear for a tuned choice."""
+    w = module.weight.data
+    if choice == "column-major":
+        return w.t().contiguous().t(), "linear", None
+    if choice == "onednn":
+        return w, "onednn", torch.ops.mkldnn._reorder_linear_weight(w, batch)
+    return w, choice, None
+
+
+def _set_layout(module, tensors) -> None:
+    module.weight.data, module.cpu_kernel, module.packed = tensors
+
+
+def tune_cpu_layout(model, batch: int, for_compile: bool = False,
+                    min_gain: float = 0.9) -> dict[tuple[int, int], str]:
+    """On a CPU, decoding multiplies a (batch, K) activation by every weight, and how fast that goes
+    depends far more on the call than on the bytes. Measured on a 2-core AVX-512 machine: at batch 1
+    one MKL gemv streams ~12 GB/s on one thread, the same product as a batched call over the
+    weight's two row halves ~45 GB/s on both (`split`), a column-major copy ~20 GB/s; at batch 8,
+    oneDNN with a prepacked weight is ~1.5-2x MKL. So time the candidates for each group of
+    same-shaped weights, all of them (cold in cache, as in a real step), and keep the fastest unless
+    plain nn.Linear is within 10%. Returns {weight shape: choice}, cached per (batch, for_compile);
+    the model is left as it was (`cpu_layout` applies a choice). oneDNN is not offered `for_compile`
+    (inductor lowers that op only for weights it froze itself)."""
+    cache = model.__dict__.setdefault("_cpu_layout_choices", {})
+    if (batch, for_compile) in cache:
+        return cache[(batch, for_compile)]
 
     def cost(modules) -> float:
         x = torch.randn(batch, modules[0].in_features, dtype=modules[0].weight.dtype)
@@ -90,35 +114,61 @@ def tune_cpu_layout(model, batch: int, min_gain: float = 0.9) -> dict[tuple[int,
             best = min(best, time.perf_counter() - t0)
         return best
 
-    def apply(modules, weights, out_t):
-        for m, w in zip(modules, weights):
-            m.weight.data = w
-            m.out_transposed = out_t
-
+    candidates = ["linear", "column-major", "w_xt", "split"]
+    if not for_compile and torch.backends.mkldnn.is_available() and model.lm_head.weight.dtype in (
+            torch.float32, torch.bfloat16):
+        candidates.append("onednn")
     choice = {}
     with torch.no_grad():
-        for shape, modules in groups.items():
-            row = [m.weight.data.contiguous() for m in modules]
-            col = [w.t().contiguous().t() for w in row]
+        for shape, modules in _linear_groups(model).items():
+            originals = [(m.weight.data, m.cpu_kernel, m.packed) for m in modules]
             timings = {}
-            for name, weights, out_t in (("row-major", row, False), ("column-major", col, False),
-                                         ("row-major, W @ x^T", row, True)):
-                apply(modules, weights, out_t)
-                timings[name] = cost(modules)
+            try:
+                for name in candidates:
+                    if name == "split" and shape[0] % 2:
+                        continue
+                    for m in modules:
+                        _set_layout(m, _layout_tensors(m, name, batch))
+                    timings[name] = cost(modules)
+                    for m, orig in zip(modules, originals):
+                        _set_layout(m, orig)
+            finally:
+                for m, orig in zip(modules, originals):
+                    _set_layout(m, orig)
             best = min(timings, key=timings.get)
-            if timings[best] > min_gain * timings["row-major"]:
-                best = "row-major"
-            apply(modules, col if best == "column-major" else row, best.endswith("x^T"))
-            choice[shape] = best
-    model._layout_batch, model._layout = batch, choice
+            choice[shape] = best if timings[best] <= min_gain * timings["linear"] else "linear"
+    cache[(batch, for_compile)] = choice
     return choice
+
+
+@contextlib.contextmanager
+def cpu_layout(model, batch: int, for_compile: bool = False):
+    """Within: every Linear in the layout and product that tune_cpu_layout chose for `batch`; on
+    exit: the model exactly as before (same tensors, plain nn.Linear), so a forward or a training
+    step outside generation is never affected. The prepared copies (column-major, oneDNN-packed)
+    are kept for the next call and rebuilt when a weight has changed since (its version counter)."""
+    choice = tune_cpu_layout(model, batch, for_compile)
+    modules = [m for ms in _linear_groups(model).values() for m in ms]
+    state = (batch, for_compile, tuple((id(m.weight), m.weight._version, m.weight.data_ptr()) for m in modules))
+    prepared = model.__dict__.get("_cpu_layout_prepared")
+    if prepared is None or prepared[0] != state:
+        prepared = (state, [_layout_tensors(m, choice[tuple(m.weight.shape)], batch) for m in modules])
+        model.__dict__["_cpu_layout_prepared"] = prepared
+    originals = [(m.weight.data, "linear", None) for m in modules]
+    try:
+        for m, tensors in zip(modules, prepared[1]):
+            _set_layout(m, tensors)
+        yield choice
+    finally:
+        for m, orig in zip(modules, originals):
+            _set_layout(m, orig)
 
 
 class CachedDecoder:
     """Holds the caches and masks of one batch of left-padded prompts."""
 
     def __init__(self, model, prompts: list[list[int]], max_new_tokens: int, pad_id: int = 0,
-                 compile: bool = False, tune_layout: bool = True):
+                 compile: bool = False):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         ctx = model.config.max_position_embeddings
@@ -136,10 +186,9 @@ class CachedDecoder:
         self.slots = torch.arange(self.S, device=self.device)  # (S,)
         self.valid = self.slots[None, :] >= self.pads[:, None]  # (B, S): padding slots are never attended
         self.slot = self.L
-        if self.device.type == "cpu" and tune_layout:
-            tune_cpu_layout(model, self.B)
         model.setup_cache(self.B, self.S)
         self.step_fn = model.forward_cached
+        self.compiled = compile
         if compile:
             self.step_fn = torch.compile(model.forward_cached, fullgraph=True, dynamic=False)
 
@@ -159,7 +208,10 @@ class CachedDecoder:
         if self.slot >= self.S:
             raise RuntimeError("the cache is full")
         slot = torch.tensor([self.slot], device=self.device)
-        mask = ((self.slots[None, :] <= self.slot) & self.valid)[:, None, None, :]  # (B, 1, 1, S)
+        # Eager: attend to the filled slots only (the cache read grows with the text, not with S);
+        # compiled: the whole static cache, masked, so that one graph serves every step.
+        n = self.S if self.compiled else self.slot + 1
+        mask = ((self.slots[None, :n] <= self.slot) & self.valid[:, :n])[:, None, None, :]  # (B, 1, 1, n)
         positions = (slot - self.pads)[:, None]  # (B, 1)
         self.slot += 1
         return self.step_fn(tokens[:, None], slot, positions, mask)
@@ -173,10 +225,13 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
              eos_id: int | None = None, pad_id: int = 0, compile: bool = False, tune_layout: bool = True,
              on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """New tokens for each prompt (ending at eos_id, included, when it comes). on_token(i, id) is
-    called as each token of prompt i is chosen."""
+    called as each token of prompt i is chosen. tune_layout: on a CPU, decode with the weight layout
+    tuned for this batch size (`cpu_layout`; the prompt is prefilled with the model as it is)."""
     s = sampling or Sampling()
-    dec = CachedDecoder(model, prompts, max_new_tokens, pad_id, compile, tune_layout)
+    dec = CachedDecoder(model, prompts, max_new_tokens, pad_id, compile)
     device = dec.device
+    layout = (cpu_layout(model, dec.B, for_compile=compile) if device.type == "cpu" and tune_layout
+              else contextlib.nullcontext())
     gen = torch.Generator(device=device).manual_seed(s.seed)
     seen = None
     if s.repetition_penalty != 1.0:
@@ -187,21 +242,25 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
     done = torch.zeros(dec.B, dtype=torch.bool, device=device)
     try:
         logits = dec.prefill()
-        for t in range(dec.max_new_tokens):
-            tok = next_tokens(logits, seen, s, gen)  # (B,)
-            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-            for i, (tid, fin) in enumerate(zip(tok.tolist(), done.tolist())):
-                if not fin:
-                    out[i].append(tid)
-                    if on_token is not None:
-                        on_token(i, tid)
-            if eos_id is not None:
-                done |= tok == eos_id
-            if bool(done.all()) or t == dec.max_new_tokens - 1:
-                break
-            if seen is not None:
-                seen[torch.arange(dec.B, device=device), tok] = True
-            logits = dec.step(tok)
+        decoding = contextlib.ExitStack()
+        if dec.max_new_tokens > 1:
+            decoding.enter_context(layout)
+        with decoding:
+            for t in range(dec.max_new_tokens):
+                tok = next_tokens(logits, seen, s, gen)  # (B,)
+                tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+                for i, (tid, fin) in enumerate(zip(tok.tolist(), done.tolist())):
+                    if not fin:
+                        out[i].append(tid)
+                        if on_token is not None:
+                            on_token(i, tid)
+                if eos_id is not None:
+                    done |= tok == eos_id
+                if bool(done.all()) or t == dec.max_new_tokens - 1:
+                    break
+                if seen is not None:
+                    seen[torch.arange(dec.B, device=device), tok] = True
+                logits = dec.step(tok)
     finally:
         dec.close()
     return out

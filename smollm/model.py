@@ -30,17 +30,36 @@ def select_ops(name: str) -> SimpleNamespace:
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict keys) that can compute y^T = W x^T instead of
-    y = x W^T: the same numbers up to summation order, and on CPU BLAS for a few rows (batched
-    decoding) the faster call for most shapes. Set by smollm.generate.tune_cpu_layout; off otherwise."""
+    """nn.Linear (same parameters and state-dict keys) that can pick another way to compute the
+    product on a CPU when only a few rows come in (decoding), where the BLAS speed depends more on
+    the call than on the bytes (see smollm.generate.tune_cpu_layout, which sets `cpu_kernel`):
 
-    out_transposed = False
+    - "linear": x W^T, as nn.Linear (the default, and the only one used for training);
+    - "w_xt":   (W x^T)^T, the same numbers up to summation order;
+    - "split":  W's two row halves as one batched product: ATen runs the halves on two threads,
+                where one M=1 MKL call uses one;
+    - "onednn": oneDNN with the weight prepacked for the batch (`packed`, a copy made by the tuner).
+    """
+
+    cpu_kernel = "linear"
+    packed: torch.Tensor | None = None
 
     def forward(self, x):
-        if not self.out_transposed:
+        kernel = self.cpu_kernel
+        if kernel == "linear":
             return super().forward(x)
-        y = self.weight @ x.reshape(-1, x.shape[-1]).t()  # (N, rows)
-        return y.t().reshape(*x.shape[:-1], self.out_features)
+        x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+        if kernel == "w_xt":
+            y = (self.weight @ x2.t()).t()  # (M, N)
+        elif kernel == "split":
+            N, K = self.weight.shape
+            y = torch.bmm(self.weight.view(2, N // 2, K), x2.t().expand(2, K, x2.shape[0]))  # (2, N/2, M)
+            y = y.permute(2, 0, 1).reshape(x2.shape[0], N)  # (M, N)
+        elif kernel == "onednn":
+            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, None, "none", [], "")  # (M, N)
+        else:
+            raise ValueError(f"unknown cpu_kernel {kernel!r}")
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class RMSNorm(nn.Module):
@@ -86,7 +105,7 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, slots=None, mask=None):
         """Training / full context: x (B, T, D), causal. With a cache: the new tokens x are written at
-        `slots` (T,) and attend to the whole cache under mask (B, 1, T, S)."""
+        `slots` (T,) and attend to the first n cache slots under mask (B, 1, T, n), n <= S."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, Hq, Dh)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
@@ -100,6 +119,8 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, Hq, T, Dh)
         else:
             k, v = self.cache.update(slots, k, v)  # (B, Hkv, S, Dh)
+            n = mask.shape[-1]  # slots past n are empty: not read at all (a view, no copy)
+            k, v = k[:, :, :n], v[:, :, :n]  # (B, Hkv, n, Dh)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, Hq, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
@@ -222,8 +243,9 @@ class SmolLM(nn.Module):
 
     def forward_cached(self, input_ids: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
                        mask: torch.Tensor, last_only: bool = True) -> torch.Tensor:
-        """input_ids (B, T) written at cache slots (T,), at RoPE positions (B, T), attending under
-        mask (B, 1, T, S) (True: may attend). Returns logits (B, V) of the last token, or (B, T, V)."""
+        """input_ids (B, T) written at cache slots (T,), at RoPE positions (B, T), attending to the first
+        n <= S slots under mask (B, 1, T, n) (True: may attend). Returns logits (B, V) of the last
+        token, or (B, T, V)."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, Dh)
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         for layer in self.model.layers:

@@ -10,6 +10,10 @@ if not torch.cuda.is_available():
 
 from smollm.tokenizer import smollm2_gguf_path  # noqa: E402
 
+# The kernel tests run where the kernels run: compiled on a GPU when there is one (bench/gpu.sh runs
+# them there: the interpreter cannot catch compiler bugs), else in the interpreter on the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",

@@ -7,16 +7,16 @@ import torch
 
 from kernels.cross_entropy import default_chunk_rows, linear_cross_entropy, linear_cross_entropy_reference
 
-from conftest import assert_bf16_close
+from conftest import DEVICE, assert_bf16_close
 
 
 def _inputs(N, D, V, dtype, ignore=0.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(N, D, generator=g).to(dtype)
-    weight = (torch.randn(V, D, generator=g) / D ** 0.5).to(dtype)
+    hidden = torch.randn(N, D, generator=g).to(DEVICE, dtype)
+    weight = (torch.randn(V, D, generator=g) / D ** 0.5).to(DEVICE, dtype)
     targets = torch.randint(0, V, (N,), generator=g)
     targets[torch.rand(N, generator=g) < ignore] = -100
-    return hidden, weight, targets
+    return hidden, weight, targets.to(DEVICE)
 
 
 def _run(fn, hidden, weight, targets, **kw):
@@ -89,7 +89,7 @@ def test_scaled_upstream_gradient():
 def test_tied_weight_gets_both_gradients():
     """The embedding and the LM head share one weight: it must receive the sum of both gradients."""
     hidden, weight, targets = _inputs(12, 32, 100, torch.float32)
-    ids = torch.randint(0, 100, (12,))
+    ids = torch.randint(0, 100, (12,), device=DEVICE)
     grads = []
     for fn in (linear_cross_entropy, linear_cross_entropy_reference):
         w = weight.clone().requires_grad_()
@@ -122,7 +122,8 @@ def test_target_outside_vocab():
 
 def test_shape_mismatch():
     with pytest.raises(ValueError, match=r"hidden \(N, D\) and weight \(V, D\) expected"):
-        linear_cross_entropy(torch.randn(4, 8), torch.randn(10, 9), torch.zeros(4, dtype=torch.long))
+        linear_cross_entropy(torch.randn(4, 8, device=DEVICE), torch.randn(10, 9, device=DEVICE),
+                             torch.zeros(4, dtype=torch.long, device=DEVICE))
 
 
 def test_default_chunk_bounds_memory():

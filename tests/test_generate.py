@@ -107,6 +107,39 @@ def test_cached_decoding_on_both_kernel_paths(kernels):
             seq.append(tok)
 
 
+def test_cpu_layout_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = SmolLM(get_preset("tiny")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        want = model(x)
+        for batch, for_compile in [(1, False), (2, False), (2, True)]:
+            with G.cpu_layout(model, batch, for_compile=for_compile) as choice:
+                assert set(choice) == {tuple(m.weight.shape) for m in model.modules()
+                                       if isinstance(m, torch.nn.Linear)}
+                assert not for_compile or "onednn" not in choice.values()
+                assert (model(x) - want).abs().max().item() < 1e-4  # same values, other summation order
+            assert torch.equal(model(x), want)  # exactly as before, outside
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_cpu_layout_follows_weight_updates():
+    """Packed or column-major copies are rebuilt when the weights change (a training step between
+    two generations): decoding never uses stale weights."""
+    torch.manual_seed(0)
+    model = SmolLM(get_preset("tiny")).eval()
+    G._linear_groups(model)  # same modules every time
+    model.__dict__["_cpu_layout_choices"] = {(2, False): {s: "onednn" for s in G._linear_groups(model)}}
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    generate(model, prompts, 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert generate(model, prompts, 6) == generate(model, prompts, 6, tune_layout=False)
+
+
 def test_compiled_decode_step_gives_the_same_tokens():
     torch.manual_seed(0)
     model = SmolLM(get_preset("tiny")).eval()

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from smollm.config import get_preset
-from smollm.model import SmolLM
+from smollm.model import Linear, SmolLM
 
-from conftest import PROMPTS
+from conftest import DEVICE, PROMPTS
 
 
 def test_parameter_count_and_hf_keys():
@@ -35,8 +35,8 @@ def test_init_std():
 def test_loss_ignores_minus_100():
     torch.manual_seed(0)
     m = SmolLM(get_preset("tiny"))
-    ids = torch.randint(0, 49152, (2, 16))
-    targets = torch.randint(0, 49152, (2, 16))
+    ids = torch.randint(0, 49152, (2, 16), device=DEVICE)
+    targets = torch.randint(0, 49152, (2, 16), device=DEVICE)
     targets[0, :5] = -100
     logits = m(ids)  # (B, T, V)
     keep = targets != -100
@@ -79,8 +79,8 @@ def test_golden_parity_batched(tokenizer, hf_golden, ours_golden):
 
 def _twins(preset="tiny", seed=0):
     torch.manual_seed(seed)
-    ref = SmolLM(get_preset(preset), kernels="torch")
-    fused = SmolLM(get_preset(preset), kernels="triton")
+    ref = SmolLM(get_preset(preset), kernels="torch").to(DEVICE)
+    fused = SmolLM(get_preset(preset), kernels="triton").to(DEVICE)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
@@ -97,8 +97,8 @@ def test_triton_path_matches_torch_path():
     that gradient's largest value)."""
     ref, fused = _twins()
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 49152, (2, 48), generator=g)
-    targets = torch.randint(0, 49152, (2, 48), generator=g)
+    ids = torch.randint(0, 49152, (2, 48), generator=g).to(DEVICE)
+    targets = torch.randint(0, 49152, (2, 48), generator=g).to(DEVICE)
     targets[1, :7] = -100
     loss_ref, grads_ref = _loss_and_grads(ref, ids, targets)
     loss, grads = _loss_and_grads(fused, ids, targets)
@@ -111,7 +111,7 @@ def test_triton_path_matches_torch_path():
 
 def test_set_kernels_switches_every_module():
     ref, _ = _twins()
-    ids = torch.randint(0, 49152, (1, 8))
+    ids = torch.randint(0, 49152, (1, 8), device=DEVICE)
     want = ref(ids)
     ref.set_kernels("triton")
     assert ref.model.layers[0].mlp.ops.swiglu.__module__ == "kernels.swiglu"
@@ -137,8 +137,8 @@ def test_triton_path_on_real_weights(tokenizer, ours_golden, hf_golden):
 def test_compile_fullgraph_triton_path():
     """torch.compile(fullgraph=True) takes the custom ops without a graph break, forward and backward."""
     ref, fused = _twins()
-    ids = torch.randint(0, 49152, (2, 16))
-    targets = torch.randint(0, 49152, (2, 16))
+    ids = torch.randint(0, 49152, (2, 16), device=DEVICE)
+    targets = torch.randint(0, 49152, (2, 16), device=DEVICE)
     loss_ref, grads_ref = _loss_and_grads(ref, ids, targets)
     torch._dynamo.reset()
     compiled = torch.compile(fused, fullgraph=True)
@@ -149,3 +149,24 @@ def test_compile_fullgraph_triton_path():
     for name, p in fused.named_parameters():
         want = grads_ref[name]
         assert (p.grad - want).abs().max().item() <= 1e-4 * want.abs().max().item(), name
+
+
+@pytest.mark.parametrize("kernel", ["w_xt", "split", "onednn"])
+def test_linear_cpu_kernels_equal_nn_linear(kernel):
+    """The alternative CPU products of smollm.model.Linear (chosen for decoding by
+    generate.tune_cpu_layout) give nn.Linear's numbers: fp32, tolerance 1e-5 of the output scale."""
+    torch.manual_seed(0)
+    lin = Linear(96, 64, bias=False)
+    if kernel == "onednn":
+        lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight.data, 4)
+    for shape in [(1, 96), (3, 96), (2, 5, 96)]:
+        x = torch.randn(*shape)
+        want = F.linear(x, lin.weight)
+        lin.cpu_kernel = kernel
+        got = lin(x)
+        lin.cpu_kernel = "linear"
+        assert got.shape == want.shape
+        assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    lin.cpu_kernel = "nonsense"
+    with pytest.raises(ValueError, match="nonsense"):
+        lin(torch.randn(1, 96))

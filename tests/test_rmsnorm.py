@@ -6,7 +6,7 @@ import torch
 
 from kernels.rmsnorm import rms_norm, rms_norm_reference
 
-from conftest import assert_bf16_close
+from conftest import DEVICE, assert_bf16_close
 
 SHAPES = [(1, 576), (7, 576), (2, 1024, 576), (5, 100), (3, 1000), (2, 3, 4096)]
 
@@ -21,9 +21,9 @@ def _run(fn, x, w, dy):
 
 def _inputs(shape, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g).to(dtype)
-    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(dtype)
-    dy = torch.randn(shape, generator=g).to(dtype)
+    x = torch.randn(shape, generator=g).to(DEVICE, dtype)
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(DEVICE, dtype)
+    dy = torch.randn(shape, generator=g).to(DEVICE, dtype)
     return x, w, dy
 
 
@@ -57,9 +57,9 @@ def test_non_contiguous_input_is_handled():
 
 def test_bad_weight_shape():
     with pytest.raises(ValueError, match=r"rms_norm: weight has shape \(575,\), expected \(576,\)"):
-        rms_norm(torch.randn(2, 576), torch.ones(575))
+        rms_norm(torch.randn(2, 576, device=DEVICE), torch.ones(575, device=DEVICE))
 
 
 def test_bad_dtype():
     with pytest.raises(TypeError, match="rms_norm: x has dtype torch.int64"):
-        rms_norm(torch.ones(2, 8, dtype=torch.long), torch.ones(8))
+        rms_norm(torch.ones(2, 8, dtype=torch.long, device=DEVICE), torch.ones(8, device=DEVICE))

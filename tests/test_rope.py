@@ -6,7 +6,7 @@ import torch
 
 from kernels.rope import rope, rope_reference, rope_tables
 
-from conftest import assert_bf16_close
+from conftest import DEVICE, assert_bf16_close
 
 COS, SIN = rope_tables(64, 2048, 10000.0)
 # (B, T, Hq, Hkv, Dh)
@@ -19,7 +19,7 @@ def _tables(B, T, D, offset=0, per_batch=False):
         pos = torch.arange(T)[None, :] + torch.tensor([offset + 100 * b for b in range(B)])[:, None]  # (B, T)
     else:
         pos = torch.arange(offset, offset + T)
-    return cos[pos], sin[pos]
+    return cos[pos].to(DEVICE), sin[pos].to(DEVICE)
 
 
 def _run(fn, q, k, cos, sin, dq, dk):
@@ -32,7 +32,7 @@ def _run(fn, q, k, cos, sin, dq, dk):
 
 def _inputs(B, T, Hq, Hkv, D, dtype):
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=g).to(dtype) for s in ((B, T, Hq, D), (B, T, Hkv, D), (B, T, Hq, D), (B, T, Hkv, D))]
+    return [torch.randn(s, generator=g).to(DEVICE, dtype) for s in ((B, T, Hq, D), (B, T, Hkv, D), (B, T, Hq, D), (B, T, Hkv, D))]
 
 
 @pytest.mark.parametrize("per_batch", [False, True])
@@ -61,7 +61,7 @@ def test_bf16(shape):
 def test_projection_views_are_handled():
     """q and k as views into one fused qkv projection: strided along T and H, unit stride in Dh."""
     B, T, Hq, Hkv, D = 2, 6, 9, 3, 64
-    qkv = torch.randn(B, T, (Hq + 2 * Hkv) * D)
+    qkv = torch.randn(B, T, (Hq + 2 * Hkv) * D, device=DEVICE)
     q = qkv[..., :Hq * D].view(B, T, Hq, D)
     k = qkv[..., Hq * D:(Hq + Hkv) * D].view(B, T, Hkv, D)
     assert not q.is_contiguous() and not k.is_contiguous()
@@ -72,8 +72,8 @@ def test_projection_views_are_handled():
 
 
 def test_transposed_head_dim_is_handled():
-    q = torch.randn(1, 4, 64, 2).transpose(-1, -2)  # Dh stride 2
-    k = torch.randn(1, 4, 64, 1).transpose(-1, -2)
+    q = torch.randn(1, 4, 64, 2, device=DEVICE).transpose(-1, -2)  # Dh stride 2
+    k = torch.randn(1, 4, 64, 1, device=DEVICE).transpose(-1, -2)
     cos, sin = _tables(1, 4, 64)
     for got, want in zip(rope(q, k, cos, sin), rope_reference(q, k, cos, sin)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -97,4 +97,4 @@ def test_inverse():
 ])
 def test_bad_shapes(q_shape, k_shape, cos_shape, msg):
     with pytest.raises(ValueError, match=msg):
-        rope(torch.randn(q_shape), torch.randn(k_shape), torch.randn(cos_shape), torch.randn(cos_shape))
+        rope(*(torch.randn(s, device=DEVICE) for s in (q_shape, k_shape, cos_shape, cos_shape)))

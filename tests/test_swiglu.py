@@ -5,7 +5,7 @@ import torch
 
 from kernels.swiglu import swiglu, swiglu_reference
 
-from conftest import assert_bf16_close
+from conftest import DEVICE, assert_bf16_close
 
 SHAPES = [(1,), (1, 1536), (2, 64, 1536), (5, 1001), (3, 4097)]
 
@@ -20,7 +20,7 @@ def _run(fn, gate, up, dy):
 
 def _inputs(shape, dtype):
     g = torch.Generator().manual_seed(0)
-    return [(3 * torch.randn(shape, generator=g)).to(dtype) for _ in range(3)]
+    return [(3 * torch.randn(shape, generator=g)).to(DEVICE, dtype) for _ in range(3)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -50,4 +50,4 @@ def test_non_contiguous_inputs_are_handled():
 
 def test_shape_mismatch():
     with pytest.raises(ValueError, match=r"swiglu: gate has shape \(2, 8\) but up has \(2, 9\)"):
-        swiglu(torch.randn(2, 8), torch.randn(2, 9))
+        swiglu(torch.randn(2, 8, device=DEVICE), torch.randn(2, 9, device=DEVICE))
