@@ -1,0 +1,81 @@
+"""How the benchmarks time and weigh things, in one place: on a GPU, CUDA events through
+triton.testing.do_bench (L2 flushed between runs, median) and torch.cuda's peak counter; on a CPU,
+the wall clock (median of at least 5 runs and 1 s) and torch.profiler's allocation events (the same
+per-tensor accounting as torch.cuda.max_memory_allocated)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+# Peak memory bandwidth of the GPUs we report against (GB/s, the vendors' figures; for the A100 the
+# 80 GB part). The A10G row is the reference card: its roofline is printed on every machine.
+PEAK_GB_S = [("A10G", 600.0), ("H200", 4800.0), ("H100", 3350.0), ("A100", 2039.0), ("L40S", 864.0),
+             ("L4", 300.0), ("4090", 1008.0), ("3090", 936.0)]
+A10G_GB_S = 600.0
+
+
+def peak_gb_s(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((bw for key, bw in PEAK_GB_S if key in name), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device: torch.device, min_runs: int = 5, min_seconds: float = 1.0, max_runs: int = 50) -> float:
+    """Median milliseconds of one call of fn (after one warm-up call)."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    stop = time.perf_counter() + min_seconds
+    while len(times) < min_runs or (time.perf_counter() < stop and len(times) < max_runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def peak_extra_bytes(fn, device: torch.device) -> int:
+    """Peak tensor memory allocated while fn runs, beyond what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()  # negative for a free
+        peak = max(peak, current)
+    return peak
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def results_name(device: torch.device) -> str:
+    """bench/results/<name>.*: 'cpu', or the GPU's name in lower case with dashes ('nvidia-h100-80gb-hbm3')."""
+    if device.type != "cuda":
+        return "cpu"
+    return "-".join(torch.cuda.get_device_name(device).lower().replace("/", " ").split())
