@@ -378,9 +378,26 @@ def main(argv=None) -> int:
 
         print(plot_run(args.run, args.out))
         return 0
+    if argv and argv[0] == "export":
+        p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
+                                    "with a model card written from the run (smollm/export.py).")
+        p.add_argument("run", help="run directory")
+        p.add_argument("out", help="output directory")
+        p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
+        p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+        args = p.parse_args(argv[1:])
+        from smollm.export import export_run
+
+        try:
+            out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
+        except (FileNotFoundError, FileExistsError) as e:
+            print(f"train.py export: error: {e}", file=sys.stderr)
+            return 2
+        print(f"exported {out} (model.safetensors, config.json, tokenizer, README.md model card)")
+        return 0
     p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch.",
                                 epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200; "
-                                       "other commands: train.py plot RUN")
+                                       "other commands: train.py plot RUN, train.py export RUN OUT")
     p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue a run: its latest checkpoint (no value), a run directory or a checkpoint")

@@ -1,0 +1,146 @@
+"""A run as a Hugging Face model directory: `python train.py export RUN OUT [--checkpoint DIR]`.
+
+OUT gets model.safetensors, config.json, the tokenizer files, loss.png and a README.md model card
+written from the run itself (its config, tokens seen, training time, throughput, final losses, loss
+curve and the samples table), so `AutoModelForCausalLM.from_pretrained(OUT)` loads it as it is and
+`huggingface-cli upload` publishes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import yaml
+
+from smollm.checkpoint import INFO, RUN_CONFIG, latest_checkpoint
+from smollm.data import atomic_write_bytes, read_jsonl
+from smollm.samples import read_samples
+from smollm.weights import replace_dir, write_hf_files
+
+
+def run_stats(run_dir: str) -> dict:
+    """Training time, throughput and the last losses from the run's metrics.jsonl."""
+    records = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    train = [r for r in records if "loss" in r and "seconds_per_step" in r]
+    seconds, prev = 0.0, 0
+    for r in train:  # each record covers the steps since the previous one
+        seconds += r["seconds_per_step"] * (r["step"] - prev)
+        prev = r["step"]
+    tokens = train[-1]["tokens"] if train else 0
+    vals = [r for r in records if "val_loss" in r]
+    return {"train_seconds": seconds, "tokens": tokens, "steps": train[-1]["step"] if train else 0,
+            "tokens_per_s": tokens / seconds if seconds else None, "loss": train[-1]["loss"] if train else None,
+            "val_loss": vals[-1]["val_loss"] if vals else None, "val_step": vals[-1]["step"] if vals else None,
+            "mfu": train[-1].get("mfu") if train else None}
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rest // 60} min" if h else f"{rest // 60} min {rest % 60} s"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, samples: list[dict],
+               n_params: int, has_plot: bool) -> str:
+    data = run_config.get("data", {})
+    source = str(data.get("source", ""))
+    datasets = ["HuggingFaceTB/smollm-corpus"] if source in ("hf", "cosmopedia-v2") or "smollm-corpus" in source else []
+    front = {"license": "apache-2.0", "library_name": "transformers", "pipeline_tag": "text-generation",
+             "language": ["en"], "tags": ["smollm2", "llama", "pretrained-from-scratch", "smollm-triton"]}
+    if datasets:
+        front["datasets"] = datasets
+    f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {name}", "",
+             f"A SmolLM2-architecture model ({n_params:,} parameters) trained from scratch with "
+             f"smollm-triton for {info.get('step', stats['steps']):,} steps, "
+             f"{info.get('tokens', stats['tokens']):,} tokens. This card was written from the run's own records.", "",
+             "## Use", "", "```python",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             "", 'tok = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModelForCausalLM.from_pretrained("PATH")',
+             'ids = tok("def fibonacci(n):", return_tensors="pt").input_ids',
+             "print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))", "```", "",
+             "## Architecture", "", "| | |", "|---|---|",
+             "| type | Llama decoder (LlamaForCausalLM), tied input/output embeddings |",
+             f"| parameters | {n_params:,} |",
+             f"| layers | {cfg['num_hidden_layers']} |", f"| hidden size | {cfg['hidden_size']} |",
+             f"| attention heads / KV heads | {cfg['num_attention_heads']} / {cfg['num_key_value_heads']} "
+             f"(head dim {cfg.get('head_dim', cfg['hidden_size'] // cfg['num_attention_heads'])}) |",
+             f"| MLP | SwiGLU, {cfg['intermediate_size']} |", f"| vocabulary | {cfg['vocab_size']:,} |",
+             f"| context | {cfg['max_position_embeddings']:,} positions, RoPE theta {cfg.get('rope_theta', '-')} |",
+             "", "## Training", "", "| | |", "|---|---|",
+             f"| checkpoint | step {f(info.get('step'), ',')} |",
+             f"| tokens seen | {f(info.get('tokens', stats['tokens']), ',')} |",
+             f"| training time | {_duration(stats['train_seconds']) if stats['train_seconds'] else '-'} "
+             "(optimizer steps only; evaluation and checkpoints excluded) |",
+             f"| throughput | {f(stats['tokens_per_s'], ',.0f')} tokens/s |"]
+    if stats.get("mfu"):
+        lines.append(f"| MFU | {stats['mfu']:.1%} |")
+    lines += [f"| final train loss | {f(info.get('loss', stats['loss']), '.3f')} |",
+              f"| final validation loss | {f(info.get('val_loss', stats['val_loss']), '.3f')} |",
+              f"| data | {source or '-'} |", ""]
+    if has_plot:
+        lines += ["## Loss curve", "", "![loss curve](loss.png)", ""]
+    if samples:
+        prompts = samples[0]["prompts"]
+        lines += ["## Samples", "", "The same prompts and seed at every checkpoint of the run (from its samples.md).", ""]
+        for i, prompt in enumerate(prompts):
+            lines += [f"Prompt `{json.dumps(prompt, ensure_ascii=False)}`:", "",
+                      "| step | tokens | val loss | continuation |", "|---:|---:|---:|---|"]
+            for r in samples:
+                lines.append(f"| {r['step']:,} | {r['tokens']:,} | {f(r.get('val_loss'), '.3f')} | "
+                             f"{_cell(prompt + r['texts'][i])} |")
+            lines.append("")
+    lines += ["## Training configuration", "", "```yaml", yaml.safe_dump(run_config, sort_keys=False).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwrite: bool = False) -> str:
+    """Write the model directory of the run's latest checkpoint (or `checkpoint`) to out_dir."""
+    from smollm.tokenizer import load_tokenizer
+    from smollm.weights import load_model
+
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    ckpt = checkpoint or latest_checkpoint(run_dir)
+    if ckpt is None or not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"no checkpoint to export in {run_dir}" if ckpt is None else
+                                f"checkpoint {ckpt} does not exist")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    model = load_model(ckpt)
+    tokenizer = load_tokenizer(ckpt)
+    with open(os.path.join(ckpt, "config.json")) as fh:
+        cfg = json.load(fh)
+    info = {}
+    if os.path.isfile(os.path.join(ckpt, INFO)):
+        with open(os.path.join(ckpt, INFO)) as fh:
+            info = json.load(fh)
+    run_config = {}
+    for path in (os.path.join(ckpt, RUN_CONFIG), os.path.join(run_dir, "config.yaml")):
+        if os.path.isfile(path):
+            with open(path) as fh:
+                run_config = yaml.safe_load(fh) or {}
+            break
+    samples = [r for r in read_samples(run_dir) if r["step"] <= info.get("step", float("inf"))]
+    plot = os.path.join(run_dir, "loss.png")
+    card = model_card(os.path.basename(os.path.abspath(run_dir)), cfg, run_config, info, run_stats(run_dir),
+                      samples, model.num_params(), os.path.isfile(plot))
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(out_dir))
+    try:
+        write_hf_files(model, tmp, tokenizer)
+        if os.path.isfile(plot):
+            shutil.copyfile(plot, os.path.join(tmp, "loss.png"))
+        atomic_write_bytes(os.path.join(tmp, "README.md"), [card.encode()])
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
