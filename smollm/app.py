@@ -1,0 +1,205 @@
+"""A Gradio app to try a run: `python app.py [--run runs/tiny] [--model PATH] [--port 7860]`.
+
+Offline, on any of our checkpoints, a Hugging Face directory or the real SmolLM2 GGUF: a prompt box,
+the sampling controls, the text streamed token by token; and a tab that sends one prompt through
+every checkpoint of a run, side by side with their step and loss. Serves on 127.0.0.1 unless told
+otherwise. A model is loaded once and reused."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import queue
+import sys
+import threading
+from collections import OrderedDict
+
+import gradio as gr
+
+from smollm.checkpoint import list_checkpoints
+from smollm.generate import Sampling, compare_checkpoints, generate, resolve_source, tokenizer_for
+from smollm.tokenizer import smollm2_gguf_path
+
+SMOLLM2 = "SmolLM2-135M-Instruct (GGUF, offline)"
+
+
+class Models:
+    """Loaded models by source, the most recent `keep` kept; one generation per model at a time
+    (its KV cache lives on the model)."""
+
+    def __init__(self, kernels: str = "torch", keep: int = 2):
+        self.kernels, self.keep = kernels, keep
+        self.loaded: OrderedDict[str, tuple] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, source: str):
+        """(model, tokenizer, model lock) for a source (a run, a checkpoint, an HF dir, a .gguf)."""
+        from smollm.weights import load_model
+
+        with self.lock:
+            if source not in self.loaded:
+                path = resolve_source(source)
+                self.loaded[source] = (load_model(path, kernels=self.kernels).eval(), tokenizer_for(path),
+                                       threading.Lock())
+                while len(self.loaded) > self.keep:
+                    self.loaded.popitem(last=False)
+            self.loaded.move_to_end(source)
+            return self.loaded[source]
+
+
+def find_runs(patterns: list[str]) -> list[str]:
+    """Run directories (those with checkpoints) among the given paths and globs."""
+    runs = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)) or [pattern]:
+            if os.path.isdir(os.path.join(path, "checkpoints")) and path not in runs:
+                runs.append(path)
+    return runs
+
+
+def model_choices(runs: list[str], models: list[str]) -> list[tuple[str, str]]:
+    """(label, source) for every checkpoint of every run (newest first), the models given, and the
+    offline SmolLM2 GGUF when it is installed."""
+    choices = []
+    for run in runs:
+        for step, path in reversed(list_checkpoints(run)):
+            choices.append((f"{os.path.basename(os.path.abspath(run))} · step {step:,}", path))
+    choices += [(m, m) for m in models]
+    gguf = smollm2_gguf_path()
+    if gguf:
+        choices.append((SMOLLM2, gguf))
+    return choices
+
+
+def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
+    try:
+        return Sampling(temperature=float(temperature), top_k=int(top_k) if top_k else None,
+                        top_p=float(top_p) if top_p is not None and float(top_p) < 1 else None,
+                        repetition_penalty=float(repetition_penalty), seed=int(seed or 0))
+    except (TypeError, ValueError) as e:
+        raise gr.Error(str(e)) from None
+
+
+def _check_source(source: str) -> str:
+    if not source:
+        raise gr.Error("Choose a model.")
+    hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".gguf")
+    if not os.path.exists(source) and not hub_id:
+        raise gr.Error(f"Model or checkpoint {source} does not exist.")
+    return source
+
+
+def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temperature, top_k, top_p,
+                repetition_penalty, seed):
+    """Yields prompt + the continuation so far, as each token is chosen."""
+    if not prompt or not prompt.strip():
+        raise gr.Error("Enter a prompt.")
+    sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
+    try:
+        model, tok, lock = models.get(_check_source(source))
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        raise gr.Error(f"Could not load {source}: {e}") from None
+    ids = tok(prompt)["input_ids"]
+    tokens: queue.Queue = queue.Queue()
+    failure = []
+
+    def work():
+        try:
+            with lock:
+                generate(model, [ids], int(max_new_tokens), sampling, eos_id=tok.eos_token_id,
+                         on_token=lambda i, t: tokens.put(t))
+        except Exception as e:  # shown to the user below, not as a stack trace
+            failure.append(e)
+        finally:
+            tokens.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    new: list[int] = []
+    yield prompt
+    while (t := tokens.get()) is not None:
+        new.append(t)
+        text = tok.decode(new, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            yield prompt + text
+    if failure:
+        raise gr.Error(str(failure[0]))
+    yield prompt + tok.decode(new, skip_special_tokens=True)
+
+
+def compare_run(run: str, prompt: str, max_new_tokens, temperature, top_k, top_p, seed, kernels="torch") -> str:
+    """The Markdown table of one prompt through every checkpoint of a run."""
+    if not prompt or not prompt.strip():
+        raise gr.Error("Enter a prompt.")
+    if not run or not os.path.isdir(os.path.join(run, "checkpoints")):
+        raise gr.Error(f"{run or 'No run'} is not a run directory with checkpoints.")
+    ckpts = [path for _, path in list_checkpoints(run)]
+    if not ckpts:
+        raise gr.Error(f"Run {run} has no checkpoints yet.")
+    sampling = _sampling(temperature, top_k, top_p, 1.0, seed)
+    with open(os.devnull, "w") as quiet:
+        return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels, stream=quiet)
+
+
+def build_app(runs: list[str], models: list[str], kernels: str = "torch") -> gr.Blocks:
+    cache = Models(kernels)
+    choices = model_choices(runs, models)
+    with gr.Blocks(title="smollm-triton") as app:
+        gr.Markdown("# smollm-triton\nContinue a prompt with one of this run's checkpoints or the real SmolLM2, "
+                    "offline; or watch one prompt improve across a run's checkpoints.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model",
+                                    allow_custom_value=True, elem_id="model")
+            prompt = gr.Textbox(label="Prompt", lines=3, value="def fibonacci(n):", elem_id="prompt")
+            with gr.Row():
+                max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+                temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+                top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+            with gr.Row():
+                top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
+                penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+                seed = gr.Number(value=0, precision=0, label="Seed")
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+            output = gr.Textbox(label="Text", lines=12, elem_id="output")
+            def on_generate(*inputs):
+                yield from stream_text(cache, *inputs)
+
+            button.click(on_generate,
+                         [model, prompt, max_new, temperature, top_k, top_p, penalty, seed], output,
+                         api_name="generate")
+        with gr.Tab("Compare checkpoints"):
+            run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
+                              elem_id="run")
+            cprompt = gr.Textbox(label="Prompt", value="def fibonacci(n):", elem_id="compare-prompt")
+            with gr.Row():
+                cmax = gr.Slider(1, 256, value=32, step=1, label="Max new tokens")
+                ctemp = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                ctopk = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+                ctopp = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
+                cseed = gr.Number(value=0, precision=0, label="Seed")
+            cbutton = gr.Button("Compare", variant="primary", elem_id="compare")
+            table = gr.Markdown(elem_id="table")
+            cbutton.click(lambda *a: compare_run(*a, kernels=kernels), [run, cprompt, cmax, ctemp, ctopk, ctopp, cseed],
+                          table, api_name="compare")
+    return app
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Try smollm-triton checkpoints in the browser (Gradio).")
+    p.add_argument("--run", action="append", default=None,
+                   help="run directory or glob (repeatable; default: runs/*)")
+    p.add_argument("--model", action="append", default=[],
+                   help="also offer this checkpoint, Hugging Face directory, .gguf or hub id (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
+    args = p.parse_args(argv)
+    runs = find_runs(args.run or ["runs/*"])
+    app = build_app(runs, args.model, args.kernels)
+    app.queue().launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

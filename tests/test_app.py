@@ -1,0 +1,127 @@
+"""smollm/app.py, the Gradio app: through gradio_client, and in a real headless browser (Debian's
+Chromium and chromedriver, installed by `./setup.sh --browser`)."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from conftest import micro_run_overrides
+from smollm.app import build_app
+from smollm.generate import Sampling, generate, tokenizer_for
+from smollm.weights import load_model
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, dataset, gguf_path):
+    from smollm.train import train
+    from smollm.train_config import RunConfig, apply_overrides
+
+    run = tmp_path_factory.mktemp("app") / "micro"
+    train(apply_overrides(RunConfig(), micro_run_overrides(run, dataset, gguf_path, "log.ckpt_every=3")).validate())
+    return str(run)
+
+
+@pytest.fixture(scope="module")
+def served(run):
+    app = build_app([run], [])
+    port = _free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def _expected(ckpt, prompt, n, sampling):
+    model, tok = load_model(ckpt).eval(), tokenizer_for(ckpt)
+    new = generate(model, [tok(prompt)["input_ids"]], n, sampling, eos_id=tok.eos_token_id)[0]
+    return prompt + tok.decode(new, skip_special_tokens=True)
+
+
+def test_generate_streams_through_gradio_client(served, run):
+    from gradio_client import Client
+
+    ckpt = os.path.join(run, "checkpoints", "step_000006")
+    client = Client(served, verbose=False)
+    job = client.submit(ckpt, "def f(x):", 12, 0.8, 20, 0.95, 1.1, 3, api_name="/generate")
+    final = job.result(timeout=300)
+    outputs = job.outputs()
+    assert final == _expected(ckpt, "def f(x):", 12, Sampling(0.8, 20, 0.95, 1.1, 3))
+    assert len(outputs) > 2 and outputs[0] == "def f(x):"  # streamed: the prompt, then growing text
+    assert all(b.startswith(a) or a.endswith("\ufffd") for a, b in zip(outputs, outputs[1:]))
+    # Loaded once, reused: a second request is the same text.
+    assert client.predict(ckpt, "def f(x):", 12, 0.8, 20, 0.95, 1.1, 3, api_name="/generate") == final
+
+
+def test_bad_input_is_a_message_not_a_stack_trace(served, run):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    ckpt = os.path.join(run, "checkpoints", "step_000006")
+    for args, message in [((ckpt, "   ", 8, 0, 0, 1, 1, 0), "Enter a prompt"),
+                          ((os.path.join(run, "checkpoints", "step_999999"), "x", 8, 0, 0, 1, 1, 0), "does not exist"),
+                          ((ckpt, "x", 8, 0.5, -3, 1, 1, 0), "top_k must be at least 1")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/generate")
+    with pytest.raises(AppError, match="not a run directory"):
+        client.predict(os.path.join(run, "nope"), "x", 4, 0, 0, 1, 0, api_name="/compare")
+
+
+def test_compare_tab_lists_every_checkpoint(served, run):
+    from gradio_client import Client
+
+    md = Client(served, verbose=False).predict(run, "def f(x):", 6, 0, 0, 1, 0, api_name="/compare")
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| step")]
+    assert [r.split("|")[1].strip() for r in rows] == ["3", "6"]
+    assert all("def f(x):" in r for r in rows)
+
+
+def test_in_a_headless_browser(served, run, tmp_path):
+    """Chromium types a prompt, presses Generate and reads the streamed text; the screenshot goes to
+    $SMOLLM_SCREENSHOT (the README's bench/results/app.png) or the test's temporary directory."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./setup.sh --browser installs Debian's "
+                    "chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(served)
+        wait = WebDriverWait(driver, 120)
+        box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+        box.clear()
+        box.send_keys("import os")
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        out = driver.find_element(By.CSS_SELECTOR, "#output textarea")
+        wait.until(lambda d: len(out.get_attribute("value")) > len("import os") + 5)
+        seen = out.get_attribute("value")
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until the text stops growing
+            time.sleep(1.0)
+            now = out.get_attribute("value")
+            if now == seen:
+                break
+            seen = now
+        assert seen.startswith("import os") and len(seen) > len("import os")
+        shot = os.environ.get("SMOLLM_SCREENSHOT") or str(tmp_path / "app.png")
+        driver.save_screenshot(shot)
+        assert os.path.getsize(shot) > 10_000
+    finally:
+        driver.quit()
