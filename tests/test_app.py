@@ -125,3 +125,20 @@ def test_in_a_headless_browser(served, run, tmp_path):
         assert os.path.getsize(shot) > 10_000
     finally:
         driver.quit()
+
+
+def test_models_are_loaded_once_and_reused(run, monkeypatch):
+    import smollm.weights as W
+    from smollm.app import Models
+
+    calls = []
+    real = W.load_model
+    monkeypatch.setattr(W, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    models = Models(keep=1)
+    first = os.path.join(run, "checkpoints", "step_000003")
+    second = os.path.join(run, "checkpoints", "step_000006")
+    a = models.get(first)
+    assert models.get(first) is a and len(calls) == 1  # reused
+    models.get(second)
+    assert list(models.loaded) == [second]  # only `keep` models stay in memory
+    assert models.get(run)[0] is not a and calls[-1].endswith("step_000006")  # a run means its latest
