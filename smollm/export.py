@@ -48,8 +48,11 @@ def _cell(text: str) -> str:
 def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, samples: list[dict],
                n_params: int, has_plot: bool) -> str:
     data = run_config.get("data", {})
-    source = str(data.get("source", ""))
-    datasets = ["HuggingFaceTB/smollm-corpus"] if source in ("hf", "cosmopedia-v2") or "smollm-corpus" in source else []
+    sources = data.get("source") or []
+    sources = [str(x) for x in (sources if isinstance(sources, list) else [sources])]
+    source = ", ".join(sources)
+    hub = any(x in ("hf", "cosmopedia-v2") or "smollm-corpus" in x for x in sources)
+    datasets = ["HuggingFaceTB/smollm-corpus"] if hub else []
     front = {"license": "apache-2.0", "library_name": "transformers", "pipeline_tag": "text-generation",
              "language": ["en"], "tags": ["smollm2", "llama", "pretrained-from-scratch", "smollm-triton"]}
     if datasets:
@@ -62,7 +65,8 @@ def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, 
              f"{info.get('tokens', stats['tokens']):,} tokens. This card was written from the run's own records.", "",
              "## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "", 'tok = AutoTokenizer.from_pretrained("PATH")', 'model = AutoModelForCausalLM.from_pretrained("PATH")',
+             "", 'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO_ID")',
+             'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO_ID")',
              'ids = tok("def fibonacci(n):", return_tensors="pt").input_ids',
              "print(tok.decode(model.generate(ids, max_new_tokens=40)[0]))", "```", "",
              "## Architecture", "", "| | |", "|---|---|",

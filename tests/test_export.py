@@ -72,3 +72,17 @@ def test_export_errors(micro_run, tmp_path, capsys):
     assert "checkpoint" in capsys.readouterr().err
     assert T.main(["export", str(micro_run), str(out), "--overwrite"]) == 0
     assert (out / "README.md").is_file() and not (out / "keep.txt").exists()
+
+
+def test_card_names_the_hub_dataset_only_when_used():
+    from smollm.config import get_preset
+    from smollm.export import model_card
+
+    cfg = get_preset("tiny").to_hf_dict()
+    stats = {"train_seconds": 60.0, "tokens": 100, "steps": 1, "tokens_per_s": 1.7, "loss": 5.0, "val_loss": 5.1,
+             "val_step": 1, "mfu": None}
+    for source, want in ((["hf"], ["HuggingFaceTB/smollm-corpus"]), (["stdlib"], None)):
+        card = model_card("x", cfg, {"data": {"source": source}}, {}, stats, [], 1, False)
+        front = yaml.safe_load(card.split("---\n")[1])
+        assert front.get("datasets") == want
+        assert f"| data | {source[0]} |" in card
