@@ -6,7 +6,7 @@
 - the memory-bandwidth bound: every decode step reads all weights (plus the KV cache), so
   tokens/s <= measured bandwidth / bytes read per step.
 
-    python bench/generate.py [--new 256] [--dtype fp32|bf16] [--compile]
+    python bench/generate.py [--new 256] [--dtype fp32|bf16] [--compile] [--repeats 3]
         # writes bench/results/generate_<device>.{md,json}
 """
 
