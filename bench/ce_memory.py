@@ -20,6 +20,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.measure import peak_extra_bytes  # noqa: E402
 from bench.results_io import write_results  # noqa: E402
 MiB = 2 ** 20
 
@@ -39,30 +40,20 @@ def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
     hidden = torch.randn(n, d, generator=g).to(device).requires_grad_()
     weight = (torch.randn(v, d, generator=g) / d ** 0.5).to(device).requires_grad_()
     targets = torch.randint(0, v, (n,), generator=g).to(device)
-    t0 = time.perf_counter()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        loss = fn(hidden, weight, targets)
-        loss.backward()
-        torch.cuda.synchronize()
-        return {"variant": variant, "extra_bytes": torch.cuda.max_memory_allocated() - base, "loss": loss.item(),
-                "seconds": time.perf_counter() - t0}
-    from torch.profiler import ProfilerActivity, profile
+    losses = []
 
-    rss_base = _rss()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    def loss_and_backward():
         loss = fn(hidden, weight, targets)
         loss.backward()
-    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    current = peak = 0
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        current += e.nbytes()  # negative for a free
-        peak = max(peak, current)
-    return {"variant": variant, "extra_bytes": peak, "rss_extra_bytes": rss_peak - rss_base, "loss": loss.item(),
-            "seconds": time.perf_counter() - t0}
+        losses.append(loss.item())
+
+    t0 = time.perf_counter()
+    rss_base = _rss()
+    peak = peak_extra_bytes(loss_and_backward, torch.device(device))
+    row = {"variant": variant, "extra_bytes": peak, "loss": losses[0], "seconds": time.perf_counter() - t0}
+    if device != "cuda":
+        row["rss_extra_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_base
+    return row
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.measure import device_name  # noqa: E402
 from bench.results_io import write_results  # noqa: E402
 
 PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
@@ -153,7 +154,7 @@ def main(argv=None):
 
     ours1, hf1_tps, oursb = r("ours: KV cache", 1), r("transformers generate()", 1), r("ours: KV cache", B)
     nocache = r("original loop: no cache, full recompute", 1)
-    summary = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+    summary = {"device": device_name(device),
                "dtype": args.dtype, "threads": torch.get_num_threads(), "prompt_tokens": len(prompt),
                "new_tokens": n_new, "repeats": args.repeats, "rows": rows, "cpu_kernels": layouts,
                "prefill_tokens_per_s": {"1": len(prompt) / prefill_1, str(B): B * len(prompt) / prefill_b},

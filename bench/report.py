@@ -74,8 +74,7 @@ def plot(kernels: dict | None, train: dict | None, path: str, title: str) -> Non
         ax.set_yscale("log")
         ax.set_ylabel("ms (log scale, lower is better)")
         ax.set_title(f"kernels, forward+backward, {mid:,} tokens, {kernels['dtype']}"
-                     + ("\n(triton and liger: GPU only)" if not kernels.get("peak_gb_s") and "cpu" in
-                        kernels["device"] else ""))
+                     + ("\n(triton and liger: GPU only)" if kernels["device"].startswith("cpu") else ""))
         ax.legend(fontsize=8)
     if train:
         ax = axes[i]
@@ -108,6 +107,7 @@ def main(argv=None):
     name = results_name(device)
     gpu = device.type == "cuda"
     started = time.perf_counter()
+    commit = git_commit()
     out = ["--out", args.out]
     steps = [("kernels.py", (["--tokens", "4096"] if args.quick else []) + out),
              ("train_step.py", (["--steps", "2", "--no-fit"] + ([] if gpu else ["--seq", "64"]) if args.quick else [])
@@ -156,7 +156,7 @@ def main(argv=None):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Benchmarks: {device_name(device)}", "",
              f"`{'bench/gpu.sh' if gpu else 'python bench/report.py'}`{' --quick' if args.quick else ''} at commit "
-             f"{git_commit()}, {stamp}; torch {torch.__version__}; {total / 60:.1f} min in all. Every ratio compares "
+             f"{commit}, {stamp}; torch {torch.__version__}; {total / 60:.1f} min in all. Every ratio compares "
              "rows measured side by side in this run.", ""]
     if not gpu:
         lines += ["No GPU here: the Triton and Liger rows are skipped (Triton's interpreter checks correctness, "
@@ -174,10 +174,10 @@ def main(argv=None):
         if body:
             lines += [body.replace("\n# ", "\n### ").replace("# ", "## ", 1), ""]
     md = "\n".join(lines)
-    summary = {"device": device_name(device), "commit": git_commit(), "time": stamp, "torch": torch.__version__,
+    summary = {"device": device_name(device), "commit": commit, "time": stamp, "torch": torch.__version__,
                "seconds": total, "quick": args.quick, "runs": ran, "headlines": heads, "tests": args.tests_log}
     write_results(args.out, name, {"md": md, "json": json.dumps(summary, indent=1)})
-    plot(kernels, train, os.path.join(args.out, f"{name}.png"), f"{device_name(device)} · commit {git_commit()}")
+    plot(kernels, train, os.path.join(args.out, f"{name}.png"), f"{device_name(device)} · commit {commit}")
     print(md)
     return 0 if not failed else 1
 

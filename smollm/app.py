@@ -18,7 +18,7 @@ from collections import OrderedDict
 import gradio as gr
 
 from smollm.checkpoint import list_checkpoints
-from smollm.generate import Sampling, compare_checkpoints, generate, resolve_source, tokenizer_for
+from smollm.generate import Sampling, compare_checkpoints, generate, resolve_source, text_so_far, tokenizer_for
 from smollm.tokenizer import smollm2_gguf_path
 
 SMOLLM2 = "SmolLM2-135M-Instruct (GGUF, offline)"
@@ -119,8 +119,8 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
     yield prompt
     while (t := tokens.get()) is not None:
         new.append(t)
-        text = tok.decode(new, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+        text = text_so_far(tok, new)
+        if text is not None:
             yield prompt + text
     if failure:
         raise gr.Error(str(failure[0]))

@@ -120,8 +120,7 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     model = load_model(ckpt)
     tokenizer = load_tokenizer(ckpt)
-    with open(os.path.join(ckpt, "config.json")) as fh:
-        cfg = json.load(fh)
+    cfg = model.config.to_hf_dict()
     info = {}
     if os.path.isfile(os.path.join(ckpt, INFO)):
         with open(os.path.join(ckpt, INFO)) as fh:

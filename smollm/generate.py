@@ -266,6 +266,13 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
     return out
 
 
+def text_so_far(tokenizer, ids: list[int]) -> str | None:
+    """The text of the tokens chosen so far, or None while its last character is still incomplete
+    (a multi-byte character split across tokens decodes to U+FFFD until its last byte comes)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return None if text.endswith("\ufffd") else text
+
+
 @torch.no_grad()
 def generate_no_cache(model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None = None) -> torch.Tensor:
     """The original project's loop, kept as the baseline of bench/generate.py: the whole context
@@ -418,8 +425,8 @@ def main(argv=None):
 
     def on_token(i, tid):
         streamed_ids.append(tid)
-        text = tok.decode(streamed_ids, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+        text = text_so_far(tok, streamed_ids)
+        if text is not None:
             print(text[len(shown[0]):], end="", flush=True)
             shown[0] = text
 
