@@ -38,13 +38,24 @@ def kernel_specs():
     for dt in ("fp32", "bf16"):
         p = f"*{dt}"
         block = triton.next_power_of_2(HIDDEN)
-        specs.append((f"rms_norm_fwd[{dt}]", rmsnorm._rms_norm_fwd,
-                      {"X": p, "W": "*fp32", "Y": "*fp32", "RSTD": "*fp32", "stride_x": "i32", "stride_y": "i32",
-                       "D": "i32", "eps": "fp32", "BLOCK": "constexpr"}, {"BLOCK": block}, 4))
-        specs.append((f"rms_norm_bwd[{dt}]", rmsnorm._rms_norm_bwd,
-                      {"DY": "*fp32", "X": p, "W": "*fp32", "RSTD": "*fp32", "DX": p, "DW_PART": "*fp32",
-                       "stride_dy": "i32", "stride_x": "i32", "stride_dx": "i32", "N": "i32", "D": "i32",
-                       "rows_per_program": "i32", "BLOCK": "constexpr"}, {"BLOCK": block}, 4))
+        # (name, x, delta, residual, y / dy, d_delta): rms_norm and add_rms_norm all in dt, and under bf16
+        # autocast the model's case: an fp32 residual stream, a bf16 branch, y written in bf16.
+        norms = [("rms_norm", p, None, p, p, None), ("add_rms_norm", p, p, p, p, None)]
+        if dt == "bf16":
+            norms.append(("add_rms_norm+autocast", "*fp32", p, "*fp32", p, p))
+        for name, x, delta, res, y, ddelta in norms:
+            specs.append((f"{name.replace('norm', 'norm_fwd', 1)}[{dt}]", rmsnorm._rms_norm_fwd,
+                          {"X": x, "DELTA": delta or x, "RES": res if delta else x, "W": "*fp32", "Y": y,
+                           "RSTD": "*fp32", "stride_x": "i32", "stride_delta": "i32", "stride_res": "i32",
+                           "stride_y": "i32", "D": "i32", "eps": "fp32", "HAS_DELTA": "constexpr",
+                           "BLOCK": "constexpr"}, {"HAS_DELTA": delta is not None, "BLOCK": block}, 4))
+            specs.append((f"{name.replace('norm', 'norm_bwd', 1)}[{dt}]", rmsnorm._rms_norm_bwd,
+                          {"DY": y, "DRES": res, "RES": res, "W": "*fp32", "RSTD": "*fp32", "DX": x,
+                           "DDELTA": ddelta or x, "DW_PART": "*fp32", "stride_dy": "i32", "stride_dres": "i32",
+                           "stride_res": "i32", "stride_dx": "i32", "stride_ddelta": "i32", "N": "i32", "D": "i32",
+                           "rows_per_program": "i32", "HAS_DRES": "constexpr", "HAS_DDELTA": "constexpr",
+                           "BLOCK": "constexpr"},
+                          {"HAS_DRES": delta is not None, "HAS_DDELTA": ddelta is not None, "BLOCK": block}, 4))
         for backward in (False, True):
             ints = ["qb", "qt", "qh", "kb", "kt", "kh", "qob", "qot", "qoh", "kob", "kot", "koh", "cos_b", "cos_t",
                     "T", "HQ", "HKV"]
@@ -53,11 +64,14 @@ def kernel_specs():
             specs.append((f"rope_{'bwd' if backward else 'fwd'}[{dt}]", rope._rope_kernel, sig,
                           {"HALF": HEAD_DIM // 2, "BLOCK_HQ": triton.next_power_of_2(N_HEAD),
                            "BLOCK_HKV": triton.next_power_of_2(N_KV), "BACKWARD": backward}, 1))
+        sw_block = swiglu._grid(1, 1536)[1]  # intermediate_size 1536: programs of (row, column block)
         specs.append((f"swiglu_fwd[{dt}]", swiglu._swiglu_fwd,
-                      {"G": p, "U": p, "Y": p, "n": "i32", "BLOCK": "constexpr"}, {"BLOCK": swiglu.BLOCK}, 4))
+                      {"G": p, "U": p, "Y": p, "stride_g": "i32", "stride_u": "i32", "stride_y": "i32",
+                       "n_cols": "i32", "BLOCK": "constexpr"}, {"BLOCK": sw_block}, 4))
         specs.append((f"swiglu_bwd[{dt}]", swiglu._swiglu_bwd,
-                      {"DY": p, "G": p, "U": p, "DG": p, "DU": p, "n": "i32", "BLOCK": "constexpr"},
-                      {"BLOCK": swiglu.BLOCK}, 4))
+                      {"DY": p, "G": p, "U": p, "DG": p, "DU": p, "stride_dy": "i32", "stride_g": "i32",
+                       "stride_u": "i32", "stride_dg": "i32", "stride_du": "i32", "n_cols": "i32",
+                       "BLOCK": "constexpr"}, {"BLOCK": sw_block}, 4))
         for grad in (False, True):
             specs.append((f"cross_entropy_rows{'+grad' if grad else ''}[{dt}]", cross_entropy._ce_rows,
                           {"LOGITS": p, "stride": "i32", "TARGETS": "*i64", "LOSS": "*fp32", "N_VALID": "*i64",

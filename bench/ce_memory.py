@@ -7,7 +7,7 @@ events of torch.profiler (the same accounting). The CPU's resident-set growth (r
 reported beside it; it also counts BLAS packing workspace and memory the C allocator keeps after a
 free, which are not tensors.
 
-    python bench/ce_memory.py [--n 8192] [--v 49152] [--d 576]   # writes bench/results/ce_memory.{md,json}
+    python bench/ce_memory.py [--n 8192 16384] [--v 49152] [--d 576]   # bench/results/ce_memory_<device>.{md,json}
 """
 
 import argparse
@@ -58,7 +58,7 @@ def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=8192)
+    p.add_argument("--n", type=int, nargs="+", default=[8192], help="tokens; several give one row each")
     p.add_argument("--v", type=int, default=49152)
     p.add_argument("--d", type=int, default=576)
     p.add_argument("--device", default=None)
@@ -66,45 +66,61 @@ def main(argv=None):
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.n, args.v, args.d, args.device)))
+        print(json.dumps(child(args.child, args.n[0], args.v, args.d, args.device)))
         return 0
 
     import torch
 
+    from kernels.cross_entropy import CHUNK_BYTES, budget_chunk_rows
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = {}
-    for variant in ("naive", "fused"):
-        out = subprocess.run([sys.executable, __file__, "--child", variant, "--n", str(args.n), "--v", str(args.v),
-                              "--d", str(args.d), "--device", device], capture_output=True, text=True, check=True)
-        rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{variant}: extra {rows[variant]['extra_bytes'] / MiB:.0f} MiB "
-              f"(resident set +{rows[variant].get('rss_extra_bytes', 0) / MiB:.0f} MiB), loss {rows[variant]['loss']:.6f}, "
-              f"{rows[variant]['seconds']:.1f}s", flush=True)
-    n, v, d = args.n, args.v, args.d
-    unavoidable = 4 * (v * d + n * d)  # grad_weight + grad_hidden, fp32
-    naive, fused = rows["naive"]["extra_bytes"], rows["fused"]["extra_bytes"]
-    summary = {
-        "device": device, "n": n, "v": v, "d": d, "dtype": "fp32",
-        "naive_extra_mib": naive / MiB, "fused_extra_mib": fused / MiB,
-        "fused_over_naive": fused / naive, "unavoidable_grad_mib": unavoidable / MiB,
-        "fused_over_unavoidable": fused / unavoidable,
-        "loss_naive": rows["naive"]["loss"], "loss_fused": rows["fused"]["loss"],
-        "rss_naive_extra_mib": rows["naive"].get("rss_extra_bytes", 0) / MiB,
-        "rss_fused_extra_mib": rows["fused"].get("rss_extra_bytes", 0) / MiB,
-    }
-    rss = {k: rows[k].get("rss_extra_bytes") for k in rows}
+    v, d = args.v, args.d
+    results = []
+    for n in args.n:
+        rows = {}
+        for variant in ("naive", "fused"):  # a fresh process per variant and N
+            out = subprocess.run([sys.executable, __file__, "--child", variant, "--n", str(n), "--v", str(v),
+                                  "--d", str(d), "--device", device], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{variant} at N={n} failed (exit {out.returncode}; out of memory?):\n"
+                                 f"{out.stderr[-2000:]}")
+            rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"N={n} {variant}: extra {rows[variant]['extra_bytes'] / MiB:.0f} MiB "
+                  f"(resident set +{rows[variant].get('rss_extra_bytes', 0) / MiB:.0f} MiB), "
+                  f"loss {rows[variant]['loss']:.6f}, {rows[variant]['seconds']:.1f}s", flush=True)
+        chunk_rows = budget_chunk_rows(n, v, 4)  # fp32 logits
+        unavoidable = 4 * (v * d + n * d)  # grad_weight + grad_hidden, fp32
+        naive, fused = rows["naive"]["extra_bytes"], rows["fused"]["extra_bytes"]
+        results.append({
+            "n": n, "naive_extra_mib": naive / MiB, "fused_extra_mib": fused / MiB,
+            "fused_over_naive": fused / naive, "unavoidable_grad_mib": unavoidable / MiB,
+            "fused_over_unavoidable": fused / unavoidable,
+            "chunk_rows": chunk_rows, "chunks": -(-n // chunk_rows), "chunk_mib": chunk_rows * v * 4 / MiB,
+            "loss_naive": rows["naive"]["loss"], "loss_fused": rows["fused"]["loss"],
+            "rss_naive_extra_mib": rows["naive"].get("rss_extra_bytes", 0) / MiB,
+            "rss_fused_extra_mib": rows["fused"].get("rss_extra_bytes", 0) / MiB,
+            "seconds_naive": rows["naive"]["seconds"], "seconds_fused": rows["fused"]["seconds"],
+        })
+    # The first N's numbers stay at the top level (bench/report.py reads them); every N is in "rows".
+    summary = {"device": device, "v": v, "d": d, "dtype": "fp32", "chunk_budget_mib": CHUNK_BYTES / MiB,
+               **results[0], "rows": results}
+    rss = device != "cuda"
     md = "\n".join([
         f"# Fused linear cross-entropy: peak extra memory of loss + backward ({device}, fp32)", "",
-        f"N = {n} tokens, V = {v}, D = {d}. Extra = peak tensor memory allocated during loss + backward, "
-        f"beyond the inputs{'' if device == 'cuda' else ' (torch.profiler allocation events)'}.", "",
-        "| path | extra memory | vs naive | vs grad_weight + grad_hidden |" + (" resident set growth |" if rss["naive"] else ""),
-        "|---|---:|---:|---:|" + ("---:|" if rss["naive"] else ""),
-        f"| naive (full logits + F.cross_entropy) | {naive / MiB:,.0f} MiB | 1.00 | {naive / unavoidable:.2f}x |"
-        + (f" {rss['naive'] / MiB:,.0f} MiB |" if rss["naive"] else ""),
-        f"| kernels.linear_cross_entropy | {fused / MiB:,.0f} MiB | {fused / naive:.3f} | {fused / unavoidable:.2f}x |"
-        + (f" {rss['fused'] / MiB:,.0f} MiB |" if rss["naive"] else ""),
-        "", f"Unavoidable gradient buffers (grad_weight + grad_hidden): {unavoidable / MiB:,.0f} MiB. "
-        f"Losses: naive {rows['naive']['loss']:.6f}, fused {rows['fused']['loss']:.6f}.", ""])
+        f"V = {v}, D = {d}. Extra = peak tensor memory allocated during loss + backward, beyond the inputs"
+        f"{'' if device == 'cuda' else ' (torch.profiler allocation events)'}. The fused op's chunks come from "
+        f"its budget of {CHUNK_BYTES / MiB:,.0f} MiB of logits per chunk (kernels.cross_entropy.CHUNK_BYTES); "
+        "the unavoidable buffers are grad_weight + grad_hidden (fp32).", "",
+        "| N | naive extra | fused extra | fused / naive | fused / unavoidable | unavoidable | chunk rows x chunks "
+        "| chunk logits |" + (" resident set growth, naive / fused |" if rss else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rss else ""),
+        *(f"| {r['n']} | {r['naive_extra_mib']:,.0f} MiB | {r['fused_extra_mib']:,.0f} MiB | "
+          f"{r['fused_over_naive']:.3f} | {r['fused_over_unavoidable']:.2f}x | {r['unavoidable_grad_mib']:,.0f} MiB | "
+          f"{r['chunk_rows']} x {r['chunks']} | {r['chunk_mib']:,.0f} MiB |"
+          + (f" {r['rss_naive_extra_mib']:,.0f} / {r['rss_fused_extra_mib']:,.0f} MiB |" if rss else "")
+          for r in results),
+        "", "Losses (naive / fused): " + "; ".join(f"N={r['n']} {r['loss_naive']:.6f} / {r['loss_fused']:.6f}"
+                                                   for r in results) + ".", ""])
     write_results(args.out, f"ce_memory_{device}", {"md": md, "json": json.dumps(summary, indent=1)})
     print(md)
     return 0

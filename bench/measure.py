@@ -79,3 +79,49 @@ def results_name(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
     return "-".join(torch.cuda.get_device_name(device).lower().replace("/", " ").split())
+
+
+# ---- the device's own ceilings and memory bookkeeping (bench/gpu_check.py); every device branch here ----
+
+def gemm_tflop_s(n: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Median time and TFLOP/s of torch.mm of two n x n matrices (2 n^3 FLOPs)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    ms = time_ms(lambda: torch.mm(a, b), device)
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "ms": ms, "tflop_s": 2 * n ** 3 / (ms / 1e3) / 1e12}
+
+
+def copy_gb_s(nbytes: int, device: torch.device) -> dict:
+    """Median time of one contiguous copy_ of nbytes, and GB/s counting the bytes read and written."""
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)  # written: untouched pages would read as free
+    dst = torch.zeros_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return {"bytes": nbytes, "ms": ms, "gb_s": 2 * nbytes / (ms / 1e3) / 1e9}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """The allocator's high-water mark since reset_peak_memory (GPU); None on a CPU (no such counter)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return None
+
+
+def allocated_mib(device: torch.device) -> float | None:
+    """Tensor memory allocated now (GPU); None on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    return None
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect what the caller dropped and hand the cached blocks back (GPU)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -168,7 +168,12 @@ def main(argv=None):
     failed = [r for r in ran if not r["ok"]]
     if failed:
         lines += ["## Failed", ""] + [f"- bench/{r['script']}: ```{r['error'][-600:]}```" for r in failed] + [""]
-    lines.append(f"![benchmarks]({name}.png)\n")
+    try:  # matplotlib may be missing (a bare GPU machine: bench/gpu.sh --full): the tables are the record
+        os.makedirs(args.out, exist_ok=True)
+        plot(kernels, train, os.path.join(args.out, f"{name}.png"), f"{device_name(device)} · commit {commit}")
+        lines.append(f"![benchmarks]({name}.png)\n")
+    except ImportError as e:
+        print(f"bench/report.py: no plot ({e})", flush=True)
     for stem in (f"kernels_{name}", f"train_step_{name}") + (() if gpu else (f"ce_memory_{device.type}",)):
         body = text(stem)
         if body:
@@ -177,7 +182,6 @@ def main(argv=None):
     summary = {"device": device_name(device), "commit": commit, "time": stamp, "torch": torch.__version__,
                "seconds": total, "quick": args.quick, "runs": ran, "headlines": heads, "tests": args.tests_log}
     write_results(args.out, name, {"md": md, "json": json.dumps(summary, indent=1)})
-    plot(kernels, train, os.path.join(args.out, f"{name}.png"), f"{device_name(device)} · commit {commit}")
     print(md)
     return 0 if not failed else 1
 

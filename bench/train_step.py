@@ -66,9 +66,10 @@ def build(builder: str, kernels: str | None, cfg, device):
     return model, loss_fn
 
 
-def step_fn(model, loss_fn, compiled: bool, device):
+def step_fn(model, loss_fn, compiled: bool, device, fused: bool | None = None):
+    """One training step (bf16 autocast on a GPU); fused AdamW on a GPU unless `fused` says otherwise."""
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" if fused is None else fused
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
     fwd = torch.compile(loss_fn) if compiled else loss_fn
 
@@ -133,8 +134,9 @@ def measure_row(name, builder, kernels, compiled, cfg, b, t, steps, device) -> d
 
 def largest_batch(builder, kernels, cfg, t, device, limit_gb, candidates=(16, 24, 32, 48, 64, 96, 128)) -> int | None:
     """The largest micro-batch of t-token sequences whose compiled step runs within limit_gb."""
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * GiB / total), device)
+    index = device.index or torch.cuda.current_device()  # the fraction takes a device index, not torch.device("cuda")
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gb * GiB / total), index)
     built = build(builder, kernels, cfg, device)
     if isinstance(built, str):
         return None
@@ -157,7 +159,7 @@ def largest_batch(builder, kernels, cfg, t, device, limit_gb, candidates=(16, 24
     finally:
         model = step = None
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
     return best
 
 

@@ -2,6 +2,12 @@
 
 `kernels="torch"` runs the plain-PyTorch references in `kernels/`; `kernels="triton"` runs the fused
 Triton ops. Both give the same numbers within dtype tolerance.
+
+Two layout choices serve speed and keep Hugging Face's format: q, k and v come from one GEMM (and
+gate and up from another), whose outputs feed RoPE and SwiGLU as strided views, while the state
+dict still holds the separate `q_proj`/`k_proj`/`v_proj`/`gate_proj`/`up_proj` weights (views of
+the fused ones; see `hf_split_keys`); and each block hands its last branch output to the next
+norm, which adds it to the residual stream in the same kernel (`add_rms_norm`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ KERNEL_CHOICES = ("torch", "triton")
 def select_ops(name: str) -> SimpleNamespace:
     """The four fused ops, by implementation name."""
     if name == "torch":
-        return SimpleNamespace(rms_norm=K.rms_norm_reference, rope=K.rope_reference,
-                               swiglu=K.swiglu_reference, linear_cross_entropy=K.linear_cross_entropy_reference)
+        return SimpleNamespace(rms_norm=K.rms_norm_reference, add_rms_norm=K.add_rms_norm_reference,
+                               rope=K.rope_reference, swiglu=K.swiglu_packed_reference,
+                               linear_cross_entropy=K.linear_cross_entropy_reference)
     if name == "triton":
-        return SimpleNamespace(rms_norm=K.rms_norm, rope=K.rope, swiglu=K.swiglu,
-                               linear_cross_entropy=K.linear_cross_entropy)
+        return SimpleNamespace(rms_norm=K.rms_norm, add_rms_norm=K.add_rms_norm, rope=K.rope,
+                               swiglu=K.swiglu_packed, linear_cross_entropy=K.linear_cross_entropy)
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
 
 
@@ -62,6 +69,27 @@ class Linear(nn.Linear):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def hf_split_keys(module: nn.Module, fused: str, parts: list[tuple[str, int]]) -> None:
+    """Give `module` Hugging Face's state-dict keys for its fused projection `fused`: the weight is
+    saved as its row blocks `parts` [(name, rows), ...] (views, so loading into them writes the fused
+    weight) in place of `fused.weight`, and loaded from them."""
+    sizes = [rows for _, rows in parts]
+
+    def save(mod, state, prefix, local_metadata):
+        pieces = state.pop(prefix + fused + ".weight").split(sizes)
+        rest = [(k, state.pop(k)) for k in [k for k in state if k.startswith(prefix)]]  # keep HF's order
+        state.update((prefix + name + ".weight", piece) for (name, _), piece in zip(parts, pieces))
+        state.update(rest)
+
+    def load(mod, state, prefix, *args):
+        keys = [prefix + name + ".weight" for name, _ in parts]
+        if all(k in state for k in keys):
+            state[prefix + fused + ".weight"] = torch.cat([state.pop(k) for k in keys])
+
+    module.register_state_dict_post_hook(save)
+    module.register_load_state_dict_pre_hook(load)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, ops: SimpleNamespace):
         super().__init__()
@@ -69,8 +97,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.ops = ops
 
-    def forward(self, x):
-        return self.ops.rms_norm(x, self.weight, self.eps)
+    def forward(self, x, delta=None):
+        """x (B, T, D): the residual stream; delta: the last branch's output, added to it first (in
+        the same kernel on the triton path). Returns (the residual stream, its norm)."""
+        if delta is None:
+            return x, self.ops.rms_norm(x, self.weight, self.eps)
+        return self.ops.add_rms_norm(x, delta, self.weight, self.eps)
 
 
 class KVCache(nn.Module):
@@ -95,11 +127,10 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        d = cfg.hidden_size
-        self.q_proj = Linear(d, self.n_head * self.head_dim, bias=False)
-        self.k_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = Linear(d, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = Linear(self.n_head * self.head_dim, d, bias=False)
+        d, q, kv = cfg.hidden_size, self.n_head * self.head_dim, self.n_kv * self.head_dim
+        self.qkv_proj = Linear(d, q + 2 * kv, bias=False)  # q, k and v in one GEMM
+        self.o_proj = Linear(q, d, bias=False)
+        hf_split_keys(self, "qkv_proj", [("q_proj", q), ("k_proj", kv), ("v_proj", kv)])
         self.ops = ops
         self.cache: KVCache | None = None
 
@@ -107,9 +138,9 @@ class Attention(nn.Module):
         """Training / full context: x (B, T, D), causal. With a cache: the new tokens x are written at
         `slots` (T,) and attend to the first n cache slots under mask (B, 1, T, n), n <= S."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, Hq, Dh)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)  # (B, T, Hkv, Dh)
+        qkv = self.qkv_proj(x).view(B, T, self.n_head + 2 * self.n_kv, self.head_dim)  # (B, T, Hq + 2 Hkv, Dh)
+        # Strided views, no copies: q (B, T, Hq, Dh), k and v (B, T, Hkv, Dh)
+        q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)
         q, k = self.ops.rope(q, k, cos, sin)
         # SDPA wants (B, H, T, Dh); enable_gqa shares each KV head across its query group without
         # materializing the repeated K/V.
@@ -128,13 +159,15 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        f = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * f, bias=False)  # gate and up in one GEMM
+        self.down_proj = Linear(f, cfg.hidden_size, bias=False)
         self.ops = ops
+        hf_split_keys(self, "gate_up_proj", [("gate_proj", f), ("up_proj", f)])
 
     def forward(self, x):
-        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))  # (B, T, F) -> (B, T, D)
+        # silu(gate) * up on the two halves of (B, T, 2F), in place; its gradient comes back whole.
+        return self.down_proj(self.ops.swiglu(self.gate_up_proj(x)))  # (B, T, D)
 
 
 class Block(nn.Module):
@@ -146,9 +179,13 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
 
-    def forward(self, x, cos, sin, slots=None, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, delta, cos, sin, slots=None, mask=None):
+        """x (B, T, D): the residual stream, still without delta, the last block's MLP output (None
+        before the first block). Returns (the residual stream, this block's MLP output): each add
+        happens inside the next norm."""
+        x, h = self.input_layernorm(x, delta)
+        x, h = self.post_attention_layernorm(x, self.self_attn(h, cos, sin, slots, mask))
+        return x, self.mlp(h)
 
 
 class Decoder(nn.Module):
@@ -213,10 +250,10 @@ class SmolLM(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, Dh)
-        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        x, delta = self.model.embed_tokens(input_ids), None  # (B, T, D)
         for layer in self.model.layers:
-            x = layer(x, cos, sin)
-        return self.model.norm(x)
+            x, delta = layer(x, delta, cos, sin)
+        return self.model.norm(x, delta)[1]
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V); with targets (B, T), the mean loss over targets != -100."""
@@ -247,11 +284,10 @@ class SmolLM(nn.Module):
         n <= S slots under mask (B, 1, T, n) (True: may attend). Returns logits (B, V) of the last
         token, or (B, T, V)."""
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, Dh)
-        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        x, delta = self.model.embed_tokens(input_ids), None  # (B, T, D)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, slots, mask)
+            x, delta = layer(x, delta, cos, sin, slots, mask)
         if last_only:
-            x = x[:, -1:]
-        x = self.model.norm(x)
-        logits = self.lm_head(x)  # (B, T or 1, V)
+            x, delta = x[:, -1:], delta[:, -1:]
+        logits = self.lm_head(self.model.norm(x, delta)[1])  # (B, T or 1, V)
         return logits[:, -1] if last_only else logits

@@ -85,7 +85,9 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device)
     o = cfg.optim
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    fused = device.type == "cuda" if o.fused == "auto" else o.fused == "true"
+    # Fused AdamW (CPU and CUDA) by default: besides being faster, it can skip a step on the device
+    # (found_inf), which lets NonFiniteGuard work without a host sync.
+    fused = o.fused != "false"
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused)
 
@@ -110,6 +112,56 @@ def forward_backward(model, micro: list[tuple[torch.Tensor, torch.Tensor]], ddp=
             loss.backward()
         loss_sum += loss.detach().float()
     return loss_sum / world
+
+
+class NonFiniteGuard:
+    """Catches a non-finite loss or gradient norm without a host sync: the flag lives on the device,
+    the fused optimizer skips its update while it is set (AdamW's found_inf, as GradScaler uses it),
+    so no non-finite step ever changes the weights, and the host reads the flag only at the steps
+    that sync anyway (log, eval, checkpoint, stop)."""
+
+    def __init__(self, device: torch.device, run_dir: str):
+        self.run_dir = run_dir
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # step of the first bad one, 0: none
+        self.loss = torch.zeros((), device=device)
+        self.gnorm = torch.zeros((), device=device)
+
+    def update(self, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> torch.Tensor:
+        """Record step's loss and gradient norm; returns found_inf (1.0 once any step was bad)."""
+        new = ~(torch.isfinite(loss) & torch.isfinite(gnorm)) & (self.first_bad == 0)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.loss = torch.where(new, loss.float(), self.loss)
+        self.gnorm = torch.where(new, gnorm.float(), self.gnorm)
+        return (self.first_bad > 0).float()
+
+    def check(self) -> None:
+        step = int(self.first_bad)  # the host sync
+        if step:
+            raise NonFiniteLoss(
+                f"non-finite loss ({self.loss.item()}) or gradient norm ({self.gnorm.item()}) at step {step}; the "
+                f"weights were not updated from then on. Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none yet'}. "
+                f"Try a lower optim.lr, then --resume from it.")
+
+
+def optimizer_step(fwd, model, opt, micro, guard: NonFiniteGuard, step: int, grad_clip: float, ddp=None,
+                   world: int = 1, amp=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step `step` (1-based): forward/backward over the micro-batches, clipping, AdamW. No host sync
+    (tests/test_train.py counts them): returns the loss and the gradient norm as device tensors."""
+    loss = forward_backward(fwd, micro, ddp, world, amp)
+    if grad_clip > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    if world > 1:
+        dist.all_reduce(loss)
+    found_inf = guard.update(step, loss, gnorm)
+    if opt.defaults.get("fused"):
+        opt.found_inf = found_inf
+    else:  # unfused AdamW cannot skip on the device: read the flag now (a sync per step)
+        guard.check()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss, gnorm
 
 
 @torch.no_grad()
@@ -284,59 +336,56 @@ def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = 
     try:
         if step == 0:
             run_eval()
-        # Since the last log line: training time (no eval, no checkpoint), steps, summed loss.
-        busy, steps_last, loss_acc, gnorm = 0.0, 0, 0.0, None
+        # Since the last log line: training time (no eval, no checkpoint), steps, summed loss (on the device).
+        busy, steps_last, loss_acc = 0.0, 0, torch.zeros((), device=device)
+        guard = NonFiniteGuard(device, run_dir)
         while step < max_steps:
             t0 = time.perf_counter()
             block = next(loader)  # (A * B, T)
             micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
-            loss = forward_backward(fwd, micro, ddp, d.world, amp)
-            if cfg.optim.grad_clip > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            else:
-                gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
-            if d.world > 1:
-                dist.all_reduce(loss)
-            finite = bool(torch.isfinite(loss) & torch.isfinite(gnorm))  # one host sync per step
-            if not finite:
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss.item()}) or gradient norm ({gnorm.item()}) at step {step + 1}; stopped "
-                    f"before the optimizer step. Last good checkpoint: {latest_checkpoint(run_dir) or 'none yet'}. "
-                    f"Try a lower optim.lr, then --resume from it.")
             lr = sched.get_last_lr()[0]
-            opt.step()
+            loss, gnorm = optimizer_step(fwd, model, opt, micro, guard, step + 1, cfg.optim.grad_clip, ddp, d.world, amp)
             sched.step()
-            opt.zero_grad(set_to_none=True)
             step += 1
             tokens += tokens_per_step
             steps_last += 1
-            last_loss = loss.item()
-            loss_acc += last_loss
-            busy += time.perf_counter() - t0
+            loss_acc += loss
             bar.update(1)
-            if step % cfg.log.log_every == 0 or step == max_steps:
+            stop_reason = stopper.requested or ("stop_at_step" if stop_at_step == step else None)
+            log_now, eval_now = step % cfg.log.log_every == 0 or step == max_steps, step % cfg.log.eval_every == 0
+            ckpt_now = step % cfg.log.ckpt_every == 0 or step == max_steps
+            if d.world > 1 and (log_now or ckpt_now):
+                # Every rank stops at the same step; checked where the ranks sync anyway.
+                flag = torch.tensor([stop_reason is not None], dtype=torch.int32, device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop_reason = stop_reason or ("signal on another rank" if flag.item() else None)
+            elif d.world > 1:
+                stop_reason = None
+            if not (log_now or eval_now or ckpt_now or stop_reason):
+                busy += time.perf_counter() - t0  # no host sync: the GPU may still be running this step
+                continue
+            guard.check()  # the host waits for the GPU here, and only here
+            last_loss = loss.item()
+            busy += time.perf_counter() - t0
+            if log_now:
                 tps = steps_last * tokens_per_step / busy
                 u = mfu(tps, mcfg, T, device)
                 # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
-                record = {"step": step, "tokens": tokens, "loss": loss_acc / steps_last, "lr": lr,
+                record = {"step": step, "tokens": tokens, "loss": loss_acc.item() / steps_last, "lr": lr,
                           "grad_norm": gnorm.item(),
                           "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(device),
                           "seconds_per_step": busy / steps_last}
-                busy, steps_last, loss_acc = 0.0, 0, 0.0
+                busy, steps_last = 0.0, 0
+                loss_acc.zero_()
                 if d.main:
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
                     bar.write(f"step {step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
                               f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
                               + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
-            if step % cfg.log.eval_every == 0 or step == max_steps:
+            if eval_now or step == max_steps:
                 run_eval()
-            stop_reason = stopper.requested or ("stop_at_step" if stop_at_step == step else None)
-            if d.world > 1:
-                flag = torch.tensor([stop_reason is not None], dtype=torch.int32, device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-                stop_reason = stop_reason or ("signal on another rank" if flag.item() else None)
-            if step % cfg.log.ckpt_every == 0 or step == max_steps or stop_reason:
+            if ckpt_now or stop_reason:
                 checkpoint()
             if stop_reason:
                 bar.write(f"stopped at step {step} ({stop_reason}); continue with --resume")

@@ -51,7 +51,9 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.01  # on matrices (and the tied embedding); never on norm weights
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    fused: str = "auto"  # auto (fused AdamW on a GPU) | true | false
+    # auto = true: fused AdamW (CPU and GPU), which also lets a non-finite step be skipped on the device
+    # without a host sync; false: the foreach AdamW, and one host sync per step for that check.
+    fused: str = "auto"  # auto | true | false
 
 
 @dataclass

@@ -193,7 +193,9 @@ def write_hf_files(model: SmolLM, directory: str, tokenizer=None) -> None:
     """config.json, model.safetensors (Hugging Face keys, the tied head left out as HF does),
     generation_config.json and, given a tokenizer, its files, into an existing directory."""
     model.config.save(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_KEY}
+    # Copies: q/k/v and gate/up are views of one fused weight each, and safetensors refuses shared memory.
+    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+             for k, v in model.state_dict().items() if k != TIED_KEY}
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)

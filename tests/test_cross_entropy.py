@@ -1,11 +1,13 @@
 """kernels/cross_entropy.py against the reference (full logits + F.cross_entropy) and against
 Liger-Kernel's fused linear cross-entropy. fp32: 1e-5 (grad_weight, a sum over all rows in
-another order: 1e-5 of its largest value). bf16: conftest.assert_bf16_close."""
+another order: 1e-5 of its largest value). bf16 (inputs or autocast): conftest.assert_bf16_close."""
 
 import pytest
 import torch
 
-from kernels.cross_entropy import default_chunk_rows, linear_cross_entropy, linear_cross_entropy_reference
+from kernels import cross_entropy as ce
+from kernels.cross_entropy import (CHUNK_BYTES, accumulate_grad_weight, budget_chunk_rows, linear_cross_entropy,
+                                   linear_cross_entropy_reference)
 
 from conftest import DEVICE, assert_bf16_close
 
@@ -113,11 +115,27 @@ def test_non_contiguous_hidden_is_handled():
                  _run(linear_cross_entropy_reference, hidden, weight, targets))
 
 
-def test_target_outside_vocab():
+@pytest.mark.parametrize("bad", [10, 10 ** 6, -5])
+def test_target_outside_vocab_gives_nan_without_a_check(bad, monkeypatch):
+    """By default no host check: the row's loss is NaN (no out-of-bounds read), so the mean loss is."""
+    monkeypatch.delenv("SMOLLM_CHECK_TARGETS", raising=False)
+    hidden, weight, targets = _inputs(4, 8, 10, torch.float32)
+    targets[2] = bad
+    loss, dh, dw = _run(linear_cross_entropy, hidden, weight, targets)
+    assert torch.isnan(loss) and loss.dtype == torch.float32
+    assert torch.isnan(dh[2]).all() and torch.isnan(dw).all()  # the gradient of a NaN loss is NaN
+    targets[2] = 3  # the same inputs with a valid target are finite
+    assert torch.isfinite(_run(linear_cross_entropy, hidden, weight, targets)[0])
+
+
+def test_target_outside_vocab_raises_with_check_targets(monkeypatch):
+    monkeypatch.setenv("SMOLLM_CHECK_TARGETS", "1")
     hidden, weight, targets = _inputs(4, 8, 10, torch.float32)
     targets[2] = 10
     with pytest.raises(ValueError, match=r"target 10 at row 2 is outside the vocabulary \[0, 10\)"):
         linear_cross_entropy(hidden, weight, targets)
+    targets[2] = -100  # ignored targets pass the check
+    assert torch.isfinite(linear_cross_entropy(hidden, weight, targets))
 
 
 def test_shape_mismatch():
@@ -126,11 +144,123 @@ def test_shape_mismatch():
                              torch.zeros(4, dtype=torch.long, device=DEVICE))
 
 
-def test_default_chunk_bounds_memory():
-    # About N * D logits per chunk (the size of hidden), so extra memory stays O(chunk x V).
-    assert default_chunk_rows(8192, 49152, 576) == 128
-    assert default_chunk_rows(16384, 49152, 576) == 256
-    assert default_chunk_rows(10, 49152, 576) == 64
+def test_budget_chunk_rows():
+    """The fewest equal chunks whose logits fit the budget, in whole 128-row tiles, capped at N."""
+    # V = 49152, bf16: 512 MiB holds 5461 rows, 5376 in whole tiles: 16384 rows -> 4 chunks of 4096.
+    assert budget_chunk_rows(16384, 49152, 2) == 4096
+    assert budget_chunk_rows(8192, 49152, 2) == 4096
+    assert budget_chunk_rows(5376, 49152, 2) == 5376 and budget_chunk_rows(5377, 49152, 2) == 2816
+    assert budget_chunk_rows(16384, 49152, 4) == 2432  # fp32: 2688 rows fit; 7 chunks
+    assert budget_chunk_rows(10, 49152, 2) == 10  # never more than N
+    assert budget_chunk_rows(1000, 1000, 4, chunk_bytes=1) == 128  # at least one tile
+    for n in (1, 127, 128, 129, 1000, 4097, 8192, 10000, 16384, 50000):
+        for v, itemsize, budget in ((49152, 2, CHUNK_BYTES), (49152, 4, CHUNK_BYTES), (1000, 4, 2 ** 20)):
+            rows = budget_chunk_rows(n, v, itemsize, budget)
+            fit = budget // (v * itemsize) // 128 * 128
+            assert rows == n or rows % 128 == 0, (n, v, rows)
+            assert 0 < rows <= n and rows * v * itemsize <= budget, (n, v, rows)
+            assert -(-n // rows) == -(-n // fit), (n, v, rows)  # as few chunks as the budget allows
+
+
+def test_chunk_bytes_sets_the_chunks(monkeypatch):
+    """A small chunk_bytes runs several chunks (counted at the row kernel's launches) and still matches."""
+    launches = []
+    kernel = ce._ce_rows
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid[0])
+            return kernel[grid]
+
+    monkeypatch.setattr(ce, "_ce_rows", Counting())
+    hidden, weight, targets = _inputs(300, 32, 1000, torch.float32, ignore=0.2)
+    got = _run(linear_cross_entropy, hidden, weight, targets, chunk_bytes=128 * 1000 * 4)
+    assert launches == [128, 128, 44]
+    launches.clear()
+    with torch.no_grad():
+        linear_cross_entropy(hidden, weight, targets)  # the default budget: one chunk
+    assert launches == [300]
+    _assert_fp32(got, _run(linear_cross_entropy_reference, hidden, weight, targets))
+
+
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_fp32_master_weight_under_autocast(hidden_dtype):
+    """bf16 autocast with an fp32 master weight: the op casts inside (no autograd cast node between the
+    weight and the op) and hands back an fp32 grad_weight, within the bf16 budget of the fp32 truth."""
+    hidden, weight, targets = _inputs(40, 64, 3001, torch.float32, ignore=0.2)
+    h = hidden.to(hidden_dtype).requires_grad_()
+    w = weight.clone().requires_grad_()
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, targets, chunk_rows=16)
+    nexts = [f for f, _ in loss.grad_fn.next_functions if f is not None]
+    assert any(getattr(f, "variable", None) is w for f in nexts), [type(f).__name__ for f in nexts]
+    assert any(getattr(f, "variable", None) is h for f in nexts)
+    loss.backward()
+    assert loss.dtype == torch.float32 and w.grad.dtype == torch.float32 and h.grad.dtype == hidden_dtype
+    want = _run(linear_cross_entropy_reference, h.detach().float(), weight, targets)
+    ref16 = _run(linear_cross_entropy_reference, h.detach().bfloat16(), weight.bfloat16(), targets)
+    for name, g, t, r in zip(("loss", "grad_hidden", "grad_weight"), (loss, h.grad, w.grad), want, ref16):
+        assert_bf16_close(g, t, r, name)
+    # fp32 numbers would be within 1e-5: these are bf16 GEMMs, as autocast asks.
+    assert (w.grad - want[2]).abs().max() > 1e-5 * want[2].abs().max()
+
+
+def test_compile_fullgraph_under_autocast():
+    """torch.compile(fullgraph=True) traces the op, with its dtype argument, under autocast."""
+    hidden, weight, targets = _inputs(24, 32, 500, torch.float32)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    torch._dynamo.reset()
+    fn = torch.compile(lambda h, w, t: linear_cross_entropy(h, w, t) * 2.0, fullgraph=True)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        loss = fn(h, w, targets)
+    loss.backward()
+    assert w.grad.dtype == torch.float32
+    want = _run(lambda *a: linear_cross_entropy_reference(*a) * 2.0, hidden, weight, targets)
+    ref16 = _run(lambda h, w, t: linear_cross_entropy_reference(h.bfloat16(), w.bfloat16(), t) * 2.0,
+                 hidden, weight, targets)
+    for name, g, t, r in zip(("loss", "grad_hidden", "grad_weight"), (loss, h.grad, w.grad), want, ref16):
+        assert_bf16_close(g, t, r, name)
+
+
+def test_fp32_out_gemm_probe():
+    """The probe answers what the device does: on the CPU aten::addmm.dtype_out is missing (False);
+    on a CUDA build of this torch it is there and accumulates in fp32 (True)."""
+    index = DEVICE.index if DEVICE.type != "cuda" else torch.cuda.current_device()
+    ok = ce._fp32_out_gemm_ok(DEVICE.type, index, torch.bfloat16)
+    assert ok is (DEVICE.type == "cuda")
+    assert ce.fp32_out_gemm(DEVICE, torch.float32) is False  # fp32 inputs need no fp32-out GEMM
+    if DEVICE.type == "cpu":
+        acc = torch.zeros(4, 3)
+        with pytest.raises((NotImplementedError, RuntimeError)):
+            torch.addmm(acc, torch.ones(4, 2, dtype=torch.bfloat16), torch.ones(2, 3, dtype=torch.bfloat16),
+                        out_dtype=torch.float32, out=acc)
+
+
+@pytest.mark.parametrize("path", ["fallback", "fp32_out"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_accumulate_grad_weight(dtype, path):
+    """grad_weight (fp32) += logits^T @ h, in place, on each path, against the fp32 product of the same
+    inputs. fp32 inputs: 1e-5. bf16, fallback: the product is rounded to bf16 once (2^-8 of its
+    largest value); fp32-out: no rounding (1e-5)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(96, 300, generator=g).to(DEVICE, dtype)
+    h = torch.randn(96, 40, generator=g).to(DEVICE, dtype)
+    acc = torch.randn(300, 40, generator=g).to(DEVICE) * 10
+    want = acc + logits.float().t() @ h.float()
+    ptr = acc.data_ptr()
+    fp32_out = path == "fp32_out"
+    if fp32_out and dtype != torch.float32 and not ce.fp32_out_gemm(DEVICE, dtype):
+        with pytest.raises((NotImplementedError, RuntimeError)):  # the path the probe turns off here
+            accumulate_grad_weight(acc, logits, h, fp32_out=True)
+        return
+    accumulate_grad_weight(acc, logits, h, fp32_out=fp32_out)
+    assert acc.data_ptr() == ptr and acc.dtype == torch.float32
+    product = (logits.float().t() @ h.float()).abs().max().item()
+    tol = 2 ** -8 * product if (dtype == torch.bfloat16 and not fp32_out) else 1e-5 * product
+    err = (acc - want).abs().max()
+    assert err <= tol, (err, tol)
+    if dtype == torch.bfloat16 and fp32_out:
+        assert err <= 1e-5 * product  # tighter than one bf16 rounding
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,6 +1,8 @@
 """kernels/rope.py against its reference (Hugging Face rotate_half). fp32: 1e-5. bf16:
 conftest.assert_bf16_close."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -69,6 +71,44 @@ def test_projection_views_are_handled():
     cos, sin = _tables(B, T, D)
     for got, want in zip(_run(rope, q, k, cos, sin, dq, dk), _run(rope_reference, q, k, cos, sin, dq, dk)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class _Spy:
+    """Stands in for a @triton.jit kernel: records the data pointers of each launch's tensors, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append([a.data_ptr() for a in args if isinstance(a, torch.Tensor)])
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_qkv_split_views(monkeypatch, dtype):
+    """The model's q and k: qkv.view(B, T, 15, 64).split([9, 3, 3], dim=2) of one fused projection. rope
+    reads them in place (the kernel gets the views' own memory, not copies) and gives exactly what it
+    gives on contiguous copies, forward and backward (into qkv's q and k heads; none into v)."""
+    rope_module = importlib.import_module("kernels.rope")
+    spy = _Spy(rope_module._rope_kernel)
+    monkeypatch.setattr(rope_module, "_rope_kernel", spy)
+    B, T, Hq, Hkv, D = 2, 6, 9, 3, 64
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, (Hq + 2 * Hkv) * D, generator=g).to(DEVICE, dtype).requires_grad_()
+    q, k, v = qkv.view(B, T, Hq + 2 * Hkv, D).split([Hq, Hkv, Hkv], dim=2)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    _, _, dq, dk = _inputs(B, T, Hq, Hkv, D, dtype)
+    cos, sin = _tables(B, T, D, offset=3)
+    qo, ko = rope(q, k, cos, sin)
+    assert spy.launches[0][:2] == [q.data_ptr(), k.data_ptr()]
+    ((qo * dq).sum() + (ko * dk).sum()).backward()
+    want = _run(rope, q.detach().contiguous(), k.detach().contiguous(), cos, sin, dq, dk)
+    grad = qkv.grad.view(B, T, Hq + 2 * Hkv, D)
+    for name, got, w in zip(("q", "k", "dq", "dk"), (qo, ko, grad[:, :, :Hq], grad[:, :, Hq:Hq + Hkv]), want):
+        assert torch.equal(got, w), name
+    assert not grad[:, :, Hq + Hkv:].any()
 
 
 def test_transposed_head_dim_is_handled():

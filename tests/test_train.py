@@ -115,6 +115,106 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [2, 4]
 
 
+def test_non_finite_between_log_steps_is_caught_at_the_next_sync(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    """Step 5 goes bad between log steps (every 4): the run stops at step 6 (a checkpoint step, where
+    the host reads the flag) naming step 5, and writes no checkpoint after it."""
+    real = T.forward_backward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(T, "forward_backward", poisoned)
+    rc = T.main(_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "log.log_every=4",
+                           "log.eval_every=100", "train.max_steps=9"))
+    err = capsys.readouterr().err
+    assert rc == 1 and "at step 5" in err and "step_000004" in err, err
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [2, 4]
+
+
+def _micro_step_setup(kernels="torch", compiled=False, fused="true"):
+    cfg = apply_overrides(RunConfig(), ["model.preset=tiny", "data.seq_len=16", f"model.kernels={kernels}", f"optim.fused={fused}",
+                                        "model.overrides={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
+                                        "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}"]).validate()
+    torch.manual_seed(0)
+    model = SmolLM(cfg.model_config(), kernels=kernels)
+    opt = T.make_optimizer(model, cfg, torch.device("cpu"))
+    x = torch.randint(0, 49152, (2, 2, 16))
+    micro = [(x[i], x[i].roll(-1, 1)) for i in range(2)]
+    fwd = torch.compile(model) if compiled else model
+    return model, opt, micro, fwd
+
+
+def test_a_non_finite_step_never_updates_the_weights(monkeypatch):
+    model, opt, micro, fwd = _micro_step_setup()
+    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
+    after_good = {n: p.detach().clone() for n, p in model.named_parameters()}
+    real = T.forward_backward
+    monkeypatch.setattr(T, "forward_backward", lambda *a, **k: real(*a, **k) * float("inf"))
+    T.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
+    monkeypatch.setattr(T, "forward_backward", real)
+    T.optimizer_step(fwd, model, opt, micro, guard, 3, 1.0)  # finite again, but the run is stopping: no update
+    assert all(torch.equal(p, after_good[n]) for n, p in model.named_parameters())
+    with pytest.raises(T.NonFiniteLoss, match=r"non-finite loss \(inf\) .* at step 2"):
+        guard.check()
+    # The test can fail: without the guard's flag the same steps do change the weights.
+    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    T.optimizer_step(fwd, model, opt, micro, guard, 4, 1.0)
+    assert not all(torch.equal(p, after_good[n]) for n, p in model.named_parameters())
+    guard.check()
+
+
+class _SyncCounter:
+    """Counts the calls that make the host wait for the device: .item(), bool(t), .tolist(), .cpu()
+    (and float(t) / int(t)), except those Triton's CPU interpreter makes to run a kernel on the host."""
+
+    NAMES = ("item", "__bool__", "tolist", "cpu", "__float__", "__int__")
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.NAMES:
+            real = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, real))
+
+    def _wrap(self, name, real):
+        def counted(t, *args, **kw):
+            caller = sys._getframe(1).f_code.co_filename
+            if os.sep + "triton" + os.sep not in caller:
+                self.calls.append(f"{name} from {caller}:{sys._getframe(1).f_lineno}")
+            return real(t, *args, **kw)
+        return counted
+
+
+@pytest.mark.parametrize("kernels,compiled", [("torch", False), ("triton", False), ("torch", True)])
+def test_no_host_sync_in_a_non_log_step(monkeypatch, kernels, compiled):
+    model, opt, micro, fwd = _micro_step_setup(kernels, compiled)
+    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)  # warm-up: compile, optimizer state
+    counter = _SyncCounter(monkeypatch)
+    loss, gnorm = T.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
+    assert counter.calls == []
+    loss.item()  # the test can fail: a sync is counted
+    assert len(counter.calls) == 1 and counter.calls[0].startswith("item from")
+    monkeypatch.undo()
+    assert torch.isfinite(loss) and torch.isfinite(gnorm)
+
+
+def test_unfused_adamw_checks_every_step(monkeypatch):
+    """Without fused AdamW the optimizer cannot skip on the device: the guard reads its flag before
+    every update instead (a sync per step, stated in optim.fused's docs)."""
+    model, opt, micro, fwd = _micro_step_setup(fused="false")
+    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    real = T.forward_backward
+    monkeypatch.setattr(T, "forward_backward", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(T.NonFiniteLoss, match="at step 1"):
+        T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
 def test_config_errors_from_the_command_line(capsys):
     assert T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "optim.lerning_rate=1"]) == 2
     assert "optim.lerning_rate: unknown key" in capsys.readouterr().err
