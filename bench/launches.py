@@ -9,7 +9,8 @@ compiled graph or eager code calls outside them (GEMMs, attention, AccumulateGra
 and every Triton launch (Triton's interpreter runs them here: each launch is wrapped in a profiler
 range at its grid executor, so the host copies the interpreter makes inside it are not counted).
 
-    python bench/launches.py [--preset tiny] [--layers 2] [--batch 2] [--seq 64] [--out bench/results]
+    python bench/launches.py [--preset tiny] [--layers 2] [--batch 2] [--seq 64] [--label TEXT]
+        [--before OLD/launches_cpu.json] [--out bench/results]
         # writes bench/results/launches_cpu.{md,json}
 """
 
@@ -39,7 +40,7 @@ NO_LAUNCH = {"aten::view", "aten::as_strided", "aten::reshape", "aten::_reshape_
              "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::split", "aten::chunk",
              "aten::unbind", "aten::split_with_sizes", "aten::_unsafe_view", "aten::result_type", "aten::is_nonzero",
              "aten::set_", "aten::resize_", "aten::new_empty", "aten::new_empty_strided", "aten::contiguous",
-             "aten::promote_types"}
+             "aten::promote_types", "aten::to"}  # aten::to launches only through its aten::_to_copy
 
 
 def kind(name: str) -> str | None:
@@ -129,28 +130,37 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--label", default="", help="a note for the table (e.g. the commit measured)")
+    p.add_argument("--before", default=None, help="an earlier run's launches_cpu.json, shown as rows above")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
     cfg = dataclasses.replace(get_preset(args.preset), num_hidden_layers=args.layers)
     rows = [count_step(k, cfg, args.batch, args.seq) for k in ("torch", "triton")]
-    kinds = sorted({k for r in rows for k in r["by_kind"]})
+    for r in rows:
+        r["label"] = args.label or "this checkout"
+    before = []
+    if args.before:
+        with open(args.before) as f:
+            before = json.load(f)["rows"]
+    kinds = sorted({k for r in before + rows for k in r["by_kind"]})
     lines = [f"# Kernel launches per training step (CPU count{', ' + args.label if args.label else ''})", "",
              f"Preset {args.preset} with {args.layers} layers, micro-batch {args.batch} x {args.seq}, both paths "
              "under torch.compile; forward + loss + backward + fused AdamW. Counted, not timed.", "",
-             "| path | " + " | ".join(kinds) + " | total | per layer (total / layers) |",
-             "|---|" + "---:|" * (len(kinds) + 2)]
-    for r in rows:
-        lines.append(f"| {r['kernels']} | " + " | ".join(str(r["by_kind"].get(k, 0)) for k in kinds)
+             "| code | path | " + " | ".join(kinds) + " | total | per layer (total / layers) |",
+             "|---|---|" + "---:|" * (len(kinds) + 2)]
+    for r in before + rows:
+        lines.append(f"| {r.get('label', '')} | {r['kernels']} | " + " | ".join(str(r["by_kind"].get(k, 0)) for k in kinds)
                      + f" | {r['total']} | {r['total'] / args.layers:.1f} |")
     tri = rows[1]["triton_by_kernel"]
-    lines += ["", "Triton launches of the triton path: " + ", ".join(f"{k} x{v}" for k, v in sorted(tri.items()))]
-    for r in rows:
-        lines.append(f"Other aten ops of the {r['kernels']} path: "
+    lines += ["", "Triton launches of the triton path: " + ", ".join(f"{k} x{v}" for k, v in sorted(tri.items()))
+              + ". A GPU adds none of the CPU's host copies: the counts above leave out what Triton's interpreter does "
+              "inside a launch."]
+    for r in before + rows:
+        lines.append(f"Other aten ops of the {r['kernels']} path ({r.get('label', '')}): "
                      + (", ".join(f"{k} x{v}" for k, v in sorted(r["other_aten_by_name"].items())) or "none"))
     lines.append("")
     md = "\n".join(lines)
     summary = {"preset": args.preset, "layers": args.layers, "batch": args.batch, "seq": args.seq,
-               "label": args.label, "rows": rows}
+               "label": args.label, "rows": rows, "before": before}
     write_results(args.out, "launches_cpu", {"md": md, "json": json.dumps(summary, indent=1)})
     print(md)
     return 0

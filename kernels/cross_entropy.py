@@ -105,16 +105,19 @@ def budget_chunk_rows(n: int, v: int, itemsize: int, chunk_bytes: int = CHUNK_BY
 
 @functools.lru_cache
 def _fp32_out_gemm_ok(device_type: str, index: int | None, dtype: torch.dtype) -> bool:
-    """Whether torch.addmm(acc, a, b, out_dtype=fp32, out=acc) works on this device for `dtype` a, b:
-    runs once on tiny tensors, laid out as in the op, and checks that acc (the `out`) holds acc + a @ b
-    to fp32 accuracy (tighter than a `dtype` rounding of the product). False on any exception."""
+    """Whether torch.addmm(acc, a, b, out_dtype=fp32, beta=..., out=acc) works on this device for
+    `dtype` a, b, as the op calls it: runs once on tiny tensors laid out as in the op, first with beta=0
+    on an accumulator full of NaN (which must be ignored, as the first chunk starts from torch.empty),
+    then with beta=1, and checks that acc (the `out`) holds a @ b + a @ b to fp32 accuracy (tighter
+    than a `dtype` rounding of the product). False on any exception or mismatch."""
     try:
         g = torch.Generator().manual_seed(0)
-        a, b, acc = (torch.randn(shape, generator=g).to(dtype).float() for shape in ((48, 64), (48, 32), (64, 32)))
-        want = torch.addmm(acc, a.t(), b)
-        got = acc.to(torch.device(device_type, index))
+        a, b = (torch.randn(shape, generator=g).to(dtype).float() for shape in ((48, 64), (48, 32)))
+        want = 2 * (a.t() @ b)
+        got = torch.full((64, 32), float("nan"), device=torch.device(device_type, index))
         a, b = a.to(got.device, dtype), b.to(got.device, dtype)
-        ret = torch.addmm(got, a.t(), b, out_dtype=torch.float32, out=got)
+        for beta in (0, 1):
+            ret = torch.addmm(got, a.t(), b, out_dtype=torch.float32, beta=beta, out=got)
         return (ret.data_ptr() == got.data_ptr() and got.dtype == torch.float32
                 and bool(((got.cpu() - want).abs() <= 1e-4 * want.abs().max()).all()))
     except Exception:
@@ -128,12 +131,16 @@ def fp32_out_gemm(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def accumulate_grad_weight(grad_weight: torch.Tensor, logits: torch.Tensor, h: torch.Tensor,
-                           fp32_out: bool | None = None) -> None:
-    """grad_weight (V, D), fp32 += logits^T (V, C) @ h (C, D), in place. fp32_out=None: probe the device."""
+                           fp32_out: bool | None = None, first: bool = False) -> None:
+    """grad_weight (V, D), fp32 += logits^T (V, C) @ h (C, D), in place; first: = instead of += (the
+    accumulator is uninitialized: beta=0 ignores it, so no V x D memset). fp32_out=None: probe the device."""
+    beta = 0 if first else 1
     if logits.dtype == grad_weight.dtype:
-        grad_weight.addmm_(logits.t(), h)
+        grad_weight.addmm_(logits.t(), h, beta=beta)
     elif fp32_out if fp32_out is not None else fp32_out_gemm(logits.device, logits.dtype):
-        torch.addmm(grad_weight, logits.t(), h, out_dtype=torch.float32, out=grad_weight)
+        torch.addmm(grad_weight, logits.t(), h, out_dtype=torch.float32, beta=beta, out=grad_weight)
+    elif first:
+        grad_weight.copy_(logits.t() @ h)
     else:
         grad_weight += (logits.t() @ h).float()
 
@@ -177,8 +184,8 @@ def linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets:
         loss_rows = torch.empty(N, dtype=torch.float32, device=hidden.device)
         if compute_grad:
             grad_hidden = torch.empty(N, D, dtype=hidden.dtype, device=hidden.device)
-            # fp32 accumulation across chunks, whatever the compute dtype.
-            grad_weight = torch.zeros(V, D, dtype=torch.float32, device=weight.device)
+            # fp32 accumulation across chunks, whatever the compute dtype; the first chunk overwrites it.
+            grad_weight = torch.empty(V, D, dtype=torch.float32, device=weight.device)
         else:
             grad_hidden, grad_weight = hidden.new_empty(0), weight.new_empty(0)
         fp32_out = compute_grad and fp32_out_gemm(hidden.device, compute_dtype)
@@ -197,7 +204,9 @@ def linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets:
                     torch.mm(logits, w, out=grad_hidden[start:end])  # (C, D)
                 else:
                     grad_hidden[start:end] = logits @ w
-                accumulate_grad_weight(grad_weight, logits, h, fp32_out)
+                accumulate_grad_weight(grad_weight, logits, h, fp32_out, first=start == 0)
+        if compute_grad and N == 0:
+            grad_weight.zero_()  # no chunk wrote it
         del buffer, logits, h_all, w
         loss = loss_rows.sum() / n_valid  # nan when every target is ignored, as F.cross_entropy
     # An fp32 master weight gets the fp32 accumulator itself, no copy.

@@ -149,7 +149,7 @@ def rms_norm_bwd(dy: torch.Tensor, d_res: Optional[torch.Tensor], res: torch.Ten
     ddelta = dx if ddelta_dtype is None else torch.empty((N, D), dtype=ddelta_dtype, device=res.device)
     programs = num_programs(res.device, N)
     rows_per_program = triton.cdiv(N, programs) if N else 0
-    dw_part = torch.zeros((programs, D), dtype=torch.float32, device=res.device)
+    dw_part = torch.empty((programs, D), dtype=torch.float32, device=res.device)  # every program writes its row
     if N:
         _rms_norm_bwd[(programs,)](dy2, dres2, res2, weight.contiguous(), rstd, dx, ddelta, dw_part, dy2.stride(0),
                                    dres2.stride(0), res2.stride(0), dx.stride(0), ddelta.stride(0), N, D,

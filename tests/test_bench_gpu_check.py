@@ -132,9 +132,10 @@ def test_zero_budget_skips_every_row_and_still_writes(tmp_path):
 
 
 def test_row_overrunning_the_budget_is_stopped_and_written(tmp_path):
-    # The estimates scaled down so the triton-path row starts; its compile runs past the hard stop.
-    proc = run_script(tmp_path, *TINY, "--sections", "b", "--budget-s", "5", "--hard-stop-s", "8",
-                      "--estimate-scale", "0.01", timeout=300)
+    # The estimates scaled down so the triton-path row starts; its compile and 10^5 interpreted steps
+    # run past the hard stop.
+    proc = run_script(tmp_path, *TINY, "--steps", "100000", "--sections", "b", "--budget-s", "5", "--hard-stop-s",
+                      "8", "--estimate-scale", "0.01", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows, md = read_rows(tmp_path)
     (row,) = rows

@@ -255,12 +255,18 @@ def test_accumulate_grad_weight(dtype, path):
         return
     accumulate_grad_weight(acc, logits, h, fp32_out=fp32_out)
     assert acc.data_ptr() == ptr and acc.dtype == torch.float32
+    # first=True overwrites: an accumulator full of NaN (torch.empty's garbage) is ignored.
+    first = torch.full_like(acc, float("nan"))
+    accumulate_grad_weight(first, logits, h, fp32_out=fp32_out, first=True)
+    assert not first.isnan().any()
+    want_first = logits.float().t() @ h.float()
     product = (logits.float().t() @ h.float()).abs().max().item()
     tol = 2 ** -8 * product if (dtype == torch.bfloat16 and not fp32_out) else 1e-5 * product
     err = (acc - want).abs().max()
     assert err <= tol, (err, tol)
     if dtype == torch.bfloat16 and fp32_out:
         assert err <= 1e-5 * product  # tighter than one bf16 rounding
+    assert (first - want_first).abs().max() <= tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
