@@ -49,8 +49,7 @@ def kind(name: str) -> str | None:
         return "our Triton kernels"
     if "cpp_fused" in name or "triton_" in name:
         return "inductor kernels"
-    if name in ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::matmul", "aten::linear",
-                "aten::baddbmm"):
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm"):
         return "GEMMs"
     if "scaled_dot_product" in name or "flash_attention" in name:
         return "attention"
