@@ -97,17 +97,22 @@ def test_run_directory_with_checkpoints_needs_resume(tmp_path, dataset, gguf_pat
         T.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2"))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, gguf_path, monkeypatch,
-                                                                   capsys):
+def _poison_step(monkeypatch, bad_call: int):
+    """The bad_call-th call of forward_backward returns a NaN loss."""
     real = T.forward_backward
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
         calls["n"] += 1
         loss = real(*args, **kw)
-        return loss * float("nan") if calls["n"] == 5 else loss
+        return loss * float("nan") if calls["n"] == bad_call else loss
 
     monkeypatch.setattr(T, "forward_backward", poisoned)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, gguf_path, monkeypatch,
+                                                                   capsys):
+    _poison_step(monkeypatch, 5)
     rc = T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"),
                  *_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "train.max_steps=9")])
     err = capsys.readouterr().err
@@ -118,15 +123,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 def test_non_finite_between_log_steps_is_caught_at_the_next_sync(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     """Step 5 goes bad between log steps (every 4): the run stops at step 6 (a checkpoint step, where
     the host reads the flag) naming step 5, and writes no checkpoint after it."""
-    real = T.forward_backward
-    calls = {"n": 0}
-
-    def poisoned(*args, **kw):
-        calls["n"] += 1
-        loss = real(*args, **kw)
-        return loss * float("nan") if calls["n"] == 5 else loss
-
-    monkeypatch.setattr(T, "forward_backward", poisoned)
+    _poison_step(monkeypatch, 5)
     rc = T.main(_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "log.log_every=4",
                            "log.eval_every=100", "train.max_steps=9"))
     err = capsys.readouterr().err
