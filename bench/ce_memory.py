@@ -33,7 +33,7 @@ def _rss() -> int:
 def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
     import torch
 
-    from kernels import linear_cross_entropy, linear_cross_entropy_reference
+    from kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
     fn = {"naive": linear_cross_entropy_reference, "fused": linear_cross_entropy}[variant]
     g = torch.Generator().manual_seed(0)

@@ -1,13 +1,8 @@
 """`pytest bench/ --benchmark-only`: the kernel and train-step benchmarks through pytest-benchmark
 (not part of the default test run, whose testpaths is tests/)."""
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -449,6 +449,12 @@ def section_c(ctx: Ctx) -> None:
 
 # ---- (d) ops ----
 
+def kernel_op(name: str):
+    """The function `name` from whichever of the kernels modules defines it, else None."""
+    found = [getattr(m, name) for m in (K.rmsnorm, K.rope, K.swiglu, K.cross_entropy) if hasattr(m, name)]
+    return found[0] if found else None
+
+
 def extra_case(op: str, tokens: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The ops kernels/ may add, with the bytes any implementation must move (forward + backward)."""
     g = torch.Generator().manual_seed(0)
@@ -471,8 +477,8 @@ def extra_case(op: str, tokens: int, dtype: torch.dtype, device: torch.device) -
 
 
 def extra_implementation(op: str, impl: str):
-    fused = getattr(K, op)
-    ref = getattr(K, f"{op}_reference", None) or getattr(sys.modules[fused.__module__], f"{op}_reference", None)
+    fused = kernel_op(op)
+    ref = kernel_op(f"{op}_reference")
     if impl == "triton":
         return fused
     if impl in ("eager", "compiled"):
@@ -522,7 +528,7 @@ def op_row(ctx: Ctx, op: str, impl: str, case: dict) -> dict:
 
 def section_d(ctx: Ctx) -> None:
     a, dev = ctx.args, ctx.device
-    ops = a.ops or OPS + [op for op in EXTRA_OPS if hasattr(K, op)]
+    ops = a.ops or OPS + [op for op in EXTRA_OPS if kernel_op(op) is not None]
     for op in ops:
         labels = {"op": op, "tokens": a.op_tokens, "dtype": "bf16", "pass": "fwd+bwd"}
         try:  # the case is built once per op (unless no row can run); a failure (an unknown op) is an error row

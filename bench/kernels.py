@@ -54,7 +54,7 @@ def make_case(op: str, tokens: int, dtype: torch.dtype, device: torch.device) ->
     elif op == "rope":
         B = max(1, N // SEQ)
         T = N // B
-        cos, sin = K.rope_tables(DH, 2048, 10000.0)
+        cos, sin = K.rope.rope_tables(DH, 2048, 10000.0)
         inputs = [rand(B, T, HQ, DH), rand(B, T, HKV, DH), cos[:T].to(device, dtype), sin[:T].to(device, dtype)]
         grads = [rand(B, T, HQ, DH), rand(B, T, HKV, DH)]
         table = 2 * T * DH * e
@@ -81,15 +81,15 @@ def make_case(op: str, tokens: int, dtype: torch.dtype, device: torch.device) ->
 
 def implementation(op: str, impl: str):
     """A callable over the case's inputs, or the reason this implementation cannot run here."""
-    ref = {"rmsnorm": lambda x, w: K.rms_norm_reference(x, w, 1e-5), "rope": K.rope_reference,
-           "swiglu": K.swiglu_reference, "ce": K.linear_cross_entropy_reference}[op]
+    ref = {"rmsnorm": lambda x, w: K.rmsnorm.rms_norm_reference(x, w, 1e-5), "rope": K.rope.rope_reference,
+           "swiglu": K.swiglu.swiglu_reference, "ce": K.cross_entropy.linear_cross_entropy_reference}[op]
     if impl == "eager":
         return ref
     if impl == "compiled":
         return torch.compile(ref)
     if impl == "triton":
-        return {"rmsnorm": lambda x, w: K.rms_norm(x, w, 1e-5), "rope": K.rope, "swiglu": K.swiglu,
-                "ce": K.linear_cross_entropy}[op]
+        return {"rmsnorm": lambda x, w: K.rmsnorm.rms_norm(x, w, 1e-5), "rope": K.rope.rope, "swiglu": K.swiglu.swiglu,
+                "ce": K.cross_entropy.linear_cross_entropy}[op]
     if impl == "liger":
         try:
             from liger_kernel.transformers import functional as LF

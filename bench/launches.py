@@ -23,14 +23,12 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.results_io import write_results  # noqa: E402
-from smollm.config import get_preset  # noqa: E402
+from smollm.config import KERNEL_CHOICES, get_preset  # noqa: E402
 from smollm.model import SmolLM  # noqa: E402
 
 # Ops that launch nothing (metadata, views, allocation).
@@ -133,8 +131,11 @@ def main(argv=None):
     p.add_argument("--before", default=None, help="an earlier run's launches_cpu.json, shown as rows above")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") != "1":  # kernels/__init__.py sets it only where there is no GPU
+        p.error("counts are taken on the CPU through Triton's interpreter: on a machine with a GPU, run with "
+                "TRITON_INTERPRET=1")
     cfg = dataclasses.replace(get_preset(args.preset), num_hidden_layers=args.layers)
-    rows = [count_step(k, cfg, args.batch, args.seq) for k in ("torch", "triton")]
+    rows = [count_step(k, cfg, args.batch, args.seq) for k in KERNEL_CHOICES]
     for r in rows:
         r["label"] = args.label or "this checkout"
     before = []

@@ -36,19 +36,19 @@ def cases(tokens: int, device: str):
         return (scale * torch.randn(*shape, generator=g)).to(device)
 
     B, T = 2, tokens // 2
-    cos, sin = K.rope_tables(64, 2048, 10000.0)
+    cos, sin = K.rope.rope_tables(64, 2048, 10000.0)
     cos, sin = cos[:T].to(device), sin[:T].to(device)
     targets = torch.randint(0, 49152, (tokens,), generator=g).to(device)
     targets[::7] = -100
     return [
-        ("rms_norm", ["y", "dx", "dw"], lambda x, w: K.rms_norm(x, w), lambda x, w: K.rms_norm_reference(x, w),
+        ("rms_norm", ["y", "dx", "dw"], lambda x, w: K.rmsnorm.rms_norm(x, w), lambda x, w: K.rmsnorm.rms_norm_reference(x, w),
          [rand(tokens, 576), 1 + rand(576, scale=0.1)], [rand(tokens, 576)]),
-        ("rope", ["q", "k", "dq", "dk"], lambda q, k: K.rope(q, k, cos, sin), lambda q, k: K.rope_reference(q, k, cos, sin),
+        ("rope", ["q", "k", "dq", "dk"], lambda q, k: K.rope.rope(q, k, cos, sin), lambda q, k: K.rope.rope_reference(q, k, cos, sin),
          [rand(B, T, 9, 64), rand(B, T, 3, 64)], [rand(B, T, 9, 64), rand(B, T, 3, 64)]),
-        ("swiglu", ["y", "d_gate", "d_up"], K.swiglu, K.swiglu_reference,
+        ("swiglu", ["y", "d_gate", "d_up"], K.swiglu.swiglu, K.swiglu.swiglu_reference,
          [rand(tokens, 1536, scale=3), rand(tokens, 1536)], [rand(tokens, 1536)]),
         ("linear_cross_entropy", ["loss", "d_hidden", "d_weight"],
-         lambda h, w: K.linear_cross_entropy(h, w, targets), lambda h, w: K.linear_cross_entropy_reference(h, w, targets),
+         lambda h, w: K.cross_entropy.linear_cross_entropy(h, w, targets), lambda h, w: K.cross_entropy.linear_cross_entropy_reference(h, w, targets),
          [rand(tokens, 576), rand(49152, 576, scale=576 ** -0.5)], [torch.ones((), device=device)]),
     ]
 

@@ -20,6 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.results_io import write_results  # noqa: E402
+from smollm.files import atomic_path  # noqa: E402
 
 
 def git_commit() -> str:
@@ -86,10 +87,11 @@ def plot(kernels: dict | None, train: dict | None, path: str, title: str) -> Non
         ax.set_title(f"training step, {train['preset']}, {train['batch']} x {train['seq']}")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@ so a killed run never leaves half a report."""
 
 import os
 
-from smollm.data import atomic_write_bytes
+from smollm.files import atomic_write_bytes
 
 
 def write_results(out_dir: str, name: str, files: dict[str, str]) -> None:

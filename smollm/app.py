@@ -18,6 +18,8 @@ from collections import OrderedDict
 import gradio as gr
 
 from smollm.checkpoint import list_checkpoints
+from smollm.config import KERNEL_CHOICES
+from smollm.files import is_hub_id
 from smollm.generate import Sampling, compare_checkpoints, generate, resolve_source, text_so_far, tokenizer_for
 from smollm.tokenizer import smollm2_gguf_path
 
@@ -84,8 +86,7 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
 def _check_source(source: str) -> str:
     if not source:
         raise gr.Error("Choose a model.")
-    hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".gguf")
-    if not os.path.exists(source) and not hub_id:
+    if not os.path.exists(source) and not is_hub_id(source):
         raise gr.Error(f"Model or checkpoint {source} does not exist.")
     return source
 
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
                    help="also offer this checkpoint, Hugging Face directory, .gguf or hub id (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
+    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
     args = p.parse_args(argv)
     runs = find_runs(args.run or ["runs/*"])
     app = build_app(runs, args.model, args.kernels)

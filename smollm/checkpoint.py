@@ -1,32 +1,18 @@
-"""Checkpoints: `<run>/checkpoints/step_000123/` holds model.safetensors + config.json (a Hugging
-Face directory that transformers loads as it is), trainer_state.pt (optimizer, LR scheduler, step,
-tokens seen, data position, RNG states, last loss), checkpoint.json (step, tokens, losses; kept
-when trainer_state.pt is pruned), the tokenizer files and run_config.yaml. Each is written to a
-temporary directory and renamed into place; `checkpoints/latest` names the newest."""
+"""Checkpoints of a run (their layout: smollm.runs): each written whole into a temporary directory
+and renamed into place, then `checkpoints/latest` names it; older ones keep their weights but lose
+their optimizer state."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
-import shutil
-import tempfile
 
 import torch
 
-from smollm.data import atomic_write_bytes
-from smollm.weights import read_safetensors, replace_dir, write_hf_files
-
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.pt"
-INFO = "checkpoint.json"
-RUN_CONFIG = "run_config.yaml"
-NAME = re.compile(r"^step_(\d+)$")
-
-
-def checkpoint_dir(run_dir: str, step: int) -> str:
-    return os.path.join(run_dir, CHECKPOINTS, f"step_{step:06d}")
+from smollm.files import atomic_dir, atomic_write_bytes
+from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run
+from smollm.weights import WEIGHTS_FILE, read_safetensors, write_hf_files
 
 
 def rng_states() -> dict:
@@ -48,11 +34,9 @@ def save_checkpoint(run_dir: str, model, trainer_state: dict, run_config_yaml: s
     """Write the checkpoint of trainer_state["step"] atomically, point `latest` at it, and drop the
     optimizer states of all but the newest keep_trainer_states checkpoints (weights stay: they are
     the record of the run that generate.py compares)."""
-    root = os.path.join(run_dir, CHECKPOINTS)
-    os.makedirs(root, exist_ok=True)
-    final = checkpoint_dir(run_dir, trainer_state["step"])
-    tmp = tempfile.mkdtemp(prefix=".tmp-step_", dir=root)
-    try:
+    run = Run(run_dir)
+    final = run.checkpoint(trainer_state["step"])
+    with atomic_dir(final, overwrite=True) as tmp:
         write_hf_files(model, tmp, tokenizer)
         torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
         # What the weights are, kept when trainer_state.pt is pruned (generate.py --checkpoints).
@@ -60,15 +44,11 @@ def save_checkpoint(run_dir: str, model, trainer_state: dict, run_config_yaml: s
         info = {"step": trainer_state["step"], "tokens": trainer_state.get("tokens"),
                 "loss": trainer_state.get("last_loss"),
                 "val_loss": val[1] if val and val[0] == trainer_state["step"] else None}
-        with open(os.path.join(tmp, "checkpoint.json"), "w") as f:
+        with open(os.path.join(tmp, CHECKPOINT_INFO), "w") as f:
             json.dump(info, f, indent=1)
         with open(os.path.join(tmp, RUN_CONFIG), "w") as f:
             f.write(run_config_yaml)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_bytes(os.path.join(root, "latest"), [os.path.basename(final).encode() + b"\n"])
+    atomic_write_bytes(run.latest, [os.path.basename(final).encode() + b"\n"])
     with_state = [d for _, d in list_checkpoints(run_dir) if os.path.exists(os.path.join(d, TRAINER_STATE))]
     for d in with_state[:-keep_trainer_states]:
         if d != final:
@@ -78,22 +58,22 @@ def save_checkpoint(run_dir: str, model, trainer_state: dict, run_config_yaml: s
 
 def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     """(step, directory) of every finished checkpoint of a run, oldest first."""
-    root = os.path.join(run_dir, CHECKPOINTS)
+    root = Run(run_dir).checkpoints
     if not os.path.isdir(root):
         return []
     found = []
     for name in os.listdir(root):
-        m = NAME.match(name)
-        if m and os.path.isfile(os.path.join(root, name, "model.safetensors")):
+        m = STEP_NAME.match(name)
+        if m and os.path.isfile(os.path.join(root, name, WEIGHTS_FILE)):
             found.append((int(m.group(1)), os.path.join(root, name)))
     return sorted(found)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
-    pointer = os.path.join(run_dir, CHECKPOINTS, "latest")
-    if os.path.isfile(pointer):
-        with open(pointer) as f:
-            path = os.path.join(run_dir, CHECKPOINTS, f.read().strip())
+    run = Run(run_dir)
+    if os.path.isfile(run.latest):
+        with open(run.latest) as f:
+            path = os.path.join(run.checkpoints, f.read().strip())
         if os.path.isdir(path):
             return path
     found = list_checkpoints(run_dir)
@@ -106,11 +86,11 @@ def resolve_resumable(path: str) -> str:
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
     ckpt = path if os.path.isfile(os.path.join(path, TRAINER_STATE)) else latest_checkpoint(path)
     if ckpt is None:
-        if os.path.isfile(os.path.join(path, "model.safetensors")):
+        if os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
             latest = latest_checkpoint(os.path.dirname(os.path.dirname(os.path.abspath(path))))
             raise FileNotFoundError(f"{path} holds weights only (its optimizer state was pruned); resume from "
                                     f"{latest or 'the latest checkpoint'} instead")
-        raise FileNotFoundError(f"{path} has no checkpoints (looked for {os.path.join(path, CHECKPOINTS)})")
+        raise FileNotFoundError(f"{path} has no checkpoints (looked for {Run(path).checkpoints})")
     if not os.path.isfile(os.path.join(ckpt, TRAINER_STATE)):
         raise FileNotFoundError(f"{ckpt} has no {TRAINER_STATE}; cannot resume from it")
     return ckpt

@@ -7,6 +7,10 @@ import json
 import os
 from dataclasses import dataclass
 
+# The model's two implementations of its fused ops (smollm.model.select_ops): plain PyTorch, or the
+# Triton kernels of the `kernels` package.
+KERNEL_CHOICES = ("torch", "triton")
+
 
 @dataclass
 class ModelConfig:

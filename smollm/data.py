@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import queue
-import tempfile
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from smollm.files import atomic_write_bytes
 
 MAGIC = 0x534D4F4C  # "SMOL"
 VERSION = 1
@@ -35,35 +36,6 @@ class ShardError(ValueError):
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
-
-
-def atomic_write_bytes(path: str, chunks) -> None:
-    """Write to a temporary file beside path, fsync, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; shards and manifests are for everyone to read
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """One JSON object per line (empty when the file does not exist yet)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, [json.dumps(obj, indent=1).encode() + b"\n"])
 
 
 def write_shard(path: str, tokens: np.ndarray, vocab_size: int, eos_id: int) -> None:

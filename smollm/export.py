@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import yaml
 
-from smollm.checkpoint import INFO, RUN_CONFIG, latest_checkpoint
-from smollm.data import atomic_write_bytes, read_jsonl
+from smollm.checkpoint import latest_checkpoint
+from smollm.files import atomic_dir
+from smollm.metrics import read_metrics
+from smollm.runs import CHECKPOINT_INFO, LOSS_PNG, RUN_CONFIG, Run
 from smollm.samples import read_samples
-from smollm.weights import replace_dir, write_hf_files
+from smollm.weights import write_hf_files
 
 
 def run_stats(run_dir: str) -> dict:
     """Training time, throughput and the last losses from the run's metrics.jsonl."""
-    records = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    records = read_metrics(run_dir)
     train = [r for r in records if "loss" in r and "seconds_per_step" in r]
     seconds, prev = 0.0, 0
     for r in train:  # each record covers the steps since the previous one
@@ -89,7 +90,7 @@ def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, 
               f"| final validation loss | {f(info.get('val_loss', stats['val_loss']), '.3f')} |",
               f"| data | {source or '-'} |", ""]
     if has_plot:
-        lines += ["## Loss curve", "", "![loss curve](loss.png)", ""]
+        lines += ["## Loss curve", "", f"![loss curve]({LOSS_PNG})", ""]
     if samples:
         prompts = samples[0]["prompts"]
         lines += ["## Samples", "", "The same prompts and seed at every checkpoint of the run (from its samples.md).", ""]
@@ -122,28 +123,23 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
     tokenizer = load_tokenizer(ckpt)
     cfg = model.config.to_hf_dict()
     info = {}
-    if os.path.isfile(os.path.join(ckpt, INFO)):
-        with open(os.path.join(ckpt, INFO)) as fh:
+    if os.path.isfile(os.path.join(ckpt, CHECKPOINT_INFO)):
+        with open(os.path.join(ckpt, CHECKPOINT_INFO)) as fh:
             info = json.load(fh)
     run_config = {}
-    for path in (os.path.join(ckpt, RUN_CONFIG), os.path.join(run_dir, "config.yaml")):
+    for path in (os.path.join(ckpt, RUN_CONFIG), Run(run_dir).config):
         if os.path.isfile(path):
             with open(path) as fh:
                 run_config = yaml.safe_load(fh) or {}
             break
     samples = [r for r in read_samples(run_dir) if r["step"] <= info.get("step", float("inf"))]
-    plot = os.path.join(run_dir, "loss.png")
-    card = model_card(os.path.basename(os.path.abspath(run_dir)), cfg, run_config, info, run_stats(run_dir),
+    plot = Run(run_dir).loss_png
+    card = model_card(Run(run_dir).title, cfg, run_config, info, run_stats(run_dir),
                       samples, model.num_params(), os.path.isfile(plot))
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(out_dir))
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         write_hf_files(model, tmp, tokenizer)
         if os.path.isfile(plot):
-            shutil.copyfile(plot, os.path.join(tmp, "loss.png"))
-        atomic_write_bytes(os.path.join(tmp, "README.md"), [card.encode()])
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.copyfile(plot, os.path.join(tmp, LOSS_PNG))
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(card)
     return out_dir

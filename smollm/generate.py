@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from smollm.config import KERNEL_CHOICES
 from smollm.tokenizer import load_tokenizer, smollm2_gguf_path
 
 
@@ -373,7 +374,7 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kernels", default="torch", choices=["torch", "triton"])
+    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
     args = p.parse_args(argv)
@@ -398,7 +399,7 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as e:
             p.error(str(e))
         if args.out:
-            from smollm.data import atomic_write_bytes
+            from smollm.files import atomic_write_bytes
 
             atomic_write_bytes(args.out, [md.encode()])
             print(f"wrote {args.out}")

@@ -10,6 +10,8 @@ import sys
 import torch
 
 from smollm.config import ModelConfig
+from smollm.files import atomic_write_bytes, read_jsonl
+from smollm.runs import Run
 
 # Dense bf16 tensor-core peaks in TFLOP/s (no sparsity). Matched against torch.cuda.get_device_name
 # in this order, so "A100" does not catch an "A10G".
@@ -51,13 +53,13 @@ class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (and TensorBoard scalars when available)."""
 
     def __init__(self, run_dir: str, tensorboard: bool = True):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = Run(run_dir).metrics
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+                self.tb = SummaryWriter(Run(run_dir).tensorboard)
             except ImportError:  # tensorboard not installed: the JSON lines are the record
                 pass
 
@@ -75,8 +77,6 @@ class MetricsLog:
             return
         with open(self.path) as f:
             keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        from smollm.data import atomic_write_bytes
-
         atomic_write_bytes(self.path, [line.encode() for line in keep])
 
     def close(self):
@@ -85,6 +85,4 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    from smollm.data import read_jsonl
-
-    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    return read_jsonl(Run(run_dir).metrics)

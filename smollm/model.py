@@ -18,21 +18,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels as K
-from smollm.config import ModelConfig
-
-KERNEL_CHOICES = ("torch", "triton")
-
+from kernels import cross_entropy, rmsnorm, rope, swiglu
+from smollm.config import KERNEL_CHOICES, ModelConfig
 
 def select_ops(name: str) -> SimpleNamespace:
     """The four fused ops, by implementation name."""
     if name == "torch":
-        return SimpleNamespace(rms_norm=K.rms_norm_reference, add_rms_norm=K.add_rms_norm_reference,
-                               rope=K.rope_reference, swiglu=K.swiglu_packed_reference,
-                               linear_cross_entropy=K.linear_cross_entropy_reference)
+        return SimpleNamespace(rms_norm=rmsnorm.rms_norm_reference, add_rms_norm=rmsnorm.add_rms_norm_reference,
+                               rope=rope.rope_reference, swiglu=swiglu.swiglu_packed_reference,
+                               linear_cross_entropy=cross_entropy.linear_cross_entropy_reference)
     if name == "triton":
-        return SimpleNamespace(rms_norm=K.rms_norm, add_rms_norm=K.add_rms_norm, rope=K.rope,
-                               swiglu=K.swiglu_packed, linear_cross_entropy=K.linear_cross_entropy)
+        return SimpleNamespace(rms_norm=rmsnorm.rms_norm, add_rms_norm=rmsnorm.add_rms_norm, rope=rope.rope,
+                               swiglu=swiglu.swiglu_packed, linear_cross_entropy=cross_entropy.linear_cross_entropy)
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
 
 
@@ -224,7 +221,7 @@ class SmolLM(nn.Module):
         return model.to(dtype)
 
     def reset_rope(self):
-        cos, sin = K.rope_tables(self.config.head_dim, self.config.max_position_embeddings, self.config.rope_theta)
+        cos, sin = rope.rope_tables(self.config.head_dim, self.config.max_position_embeddings, self.config.rope_theta)
         self.rope_cos = cos.to(self.rope_cos.device)
         self.rope_sin = sin.to(self.rope_sin.device)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
+from smollm.files import atomic_path
 from smollm.metrics import read_metrics
+from smollm.runs import METRICS, SAMPLES_MD, Run
 from smollm.samples import read_samples
 
 
@@ -17,7 +16,7 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
 
     metrics = read_metrics(run_dir)
     if not metrics:
-        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl to plot (is it a run directory?)")
+        raise FileNotFoundError(f"{run_dir}: no {METRICS} to plot (is it a run directory?)")
     train = [m for m in metrics if "loss" in m]
     val = [m for m in metrics if "val_loss" in m]
     samples = read_samples(run_dir)
@@ -27,22 +26,17 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     if val:
         ax.plot([m["tokens"] for m in val], [m["val_loss"] for m in val], "o-", ms=4, label="validation loss")
     for i, s in enumerate(samples):
-        ax.axvline(s["tokens"], color="gray", ls=":", lw=0.8, label="samples (samples.md)" if i == 0 else None)
+        ax.axvline(s["tokens"], color="gray", ls=":", lw=0.8, label=f"samples ({SAMPLES_MD})" if i == 0 else None)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(run_dir)))
+    ax.set_title(Run(run_dir).title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "loss.png")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
+    out = out or Run(run_dir).loss_png
     try:
-        fig.savefig(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from smollm.data import SPLITS, atomic_write_json, read_meta, shard_name, write_shard
+from smollm.data import SPLITS, read_meta, shard_name, write_shard
+from smollm.files import atomic_write_json
 from smollm.tokenize_worker import encode_batch, init_worker
 
 HF_DATASET = "HuggingFaceTB/smollm-corpus"

@@ -4,11 +4,11 @@ as samples.jsonl (the data) and samples.md (the same, to read)."""
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
-from smollm.data import atomic_write_bytes, read_jsonl
+from smollm.files import atomic_write_bytes, read_jsonl
+from smollm.runs import Run
 from smollm.generate import Sampling, generate
 
 
@@ -27,12 +27,13 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
 
 
 def read_samples(run_dir: str) -> list[dict]:
-    return read_jsonl(os.path.join(run_dir, "samples.jsonl"))
+    return read_jsonl(Run(run_dir).samples_jsonl)
 
 
 def write_samples(run_dir: str, records: list[dict], title: str) -> None:
-    atomic_write_bytes(os.path.join(run_dir, "samples.jsonl"), [(json.dumps(r) + "\n").encode() for r in records])
-    atomic_write_bytes(os.path.join(run_dir, "samples.md"), [samples_markdown(records, title).encode()])
+    run = Run(run_dir)
+    atomic_write_bytes(run.samples_jsonl, [(json.dumps(r) + "\n").encode() for r in records])
+    atomic_write_bytes(run.samples_md, [samples_markdown(records, title).encode()])
 
 
 def add_samples(run_dir: str, record: dict, title: str) -> None:

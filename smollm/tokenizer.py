@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from smollm.files import is_hub_id
+
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EOS_TOKEN = "<|endoftext|>"  # id 0: SmolLM2's document separator
@@ -55,8 +57,7 @@ def _load_explicit(name: str):
             return PreTrainedTokenizerFast(tokenizer_file=name, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
                                            unk_token=EOS_TOKEN)
         raise ValueError(f"tokenizer {name!r}: expected a directory, a tokenizer.json or a .gguf file")
-    looks_like_path = name.startswith((".", "/", "~")) or name.endswith((".json", ".gguf")) or name.count("/") > 1
-    if looks_like_path:
+    if not is_hub_id(name):
         raise FileNotFoundError(f"tokenizer path {name!r} does not exist")
     try:
         return AutoTokenizer.from_pretrained(_hub_snapshot(name))

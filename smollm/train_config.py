@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from smollm.config import ModelConfig, get_preset
+from smollm.config import KERNEL_CHOICES, ModelConfig, get_preset
 
 
 @dataclass
@@ -115,7 +115,7 @@ class RunConfig:
                     "log.eval_every", "log.eval_batches", "log.ckpt_every", "sample.max_new_tokens"):
             value = self.get(key)
             need(value > 0, key, value, "must be positive")
-        need(self.model.kernels in ("torch", "triton"), "model.kernels", self.model.kernels, "must be torch or triton")
+        need(self.model.kernels in KERNEL_CHOICES, "model.kernels", self.model.kernels, f"must be one of {', '.join(KERNEL_CHOICES)}")
         need(self.train.dtype in ("bf16", "fp32"), "train.dtype", self.train.dtype, "must be bf16 or fp32")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive")
         need(len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas",

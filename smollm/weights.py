@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from smollm.config import ModelConfig
+from smollm.files import atomic_dir, is_hub_id
 from smollm.model import SmolLM
 
 TIED_KEY = "lm_head.weight"
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHTS_FILE = "model.safetensors"
 
 
 def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.dtype | None = None,
@@ -30,7 +28,7 @@ def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.d
         if not source.endswith(".gguf"):
             raise ValueError(f"{source}: expected a Hugging Face model directory or a .gguf file")
         model = load_gguf(source, kernels)
-    elif HUB_ID.match(source) and not source.endswith(".gguf"):
+    elif is_hub_id(source):
         model = load_hf_dir(download_from_hub(source), kernels)
     else:
         raise FileNotFoundError(f"model source {source!r} does not exist (expected a directory, a .gguf "
@@ -53,7 +51,7 @@ def download_from_hub(repo_id: str) -> str:
 def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
     """All tensors of model.safetensors, or of the shards named in model.safetensors.index.json."""
     index = os.path.join(directory, "model.safetensors.index.json")
-    single = os.path.join(directory, "model.safetensors")
+    single = os.path.join(directory, WEIGHTS_FILE)
     if os.path.isfile(single):
         files = [single]
     elif os.path.isfile(index):
@@ -196,48 +194,16 @@ def write_hf_files(model: SmolLM, directory: str, tokenizer=None) -> None:
     # Copies: q/k/v and gate/up are views of one fused weight each, and safetensors refuses shared memory.
     state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
              for k, v in model.state_dict().items() if k != TIED_KEY}
-    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
 
 
-def replace_dir(tmp: str, out_dir: str) -> None:
-    """Move the finished directory tmp to out_dir, replacing what is there; files are fsynced first,
-    so a crash leaves either the old directory or the whole new one."""
-    for name in os.listdir(tmp):
-        path = os.path.join(tmp, name)
-        if os.path.isfile(path):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories
-    parent = os.path.dirname(out_dir)
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-        os.replace(out_dir, os.path.join(old, "x"))
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
-
-
 def export_hf(model: SmolLM, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> str:
-    """Write config.json + model.safetensors (+ tokenizer files) atomically: into a temporary
-    directory beside out_dir, then renamed into place."""
+    """Write config.json + model.safetensors (+ tokenizer files) as one directory, atomically."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         write_hf_files(model, tmp, tokenizer)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -3,12 +3,7 @@ import os
 import pytest
 import torch
 
-# Triton kernels run on the CPU through the interpreter when no GPU is present. Set before any
-# kernel module is imported (triton.jit reads it at decoration time).
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from smollm.tokenizer import smollm2_gguf_path  # noqa: E402
+from smollm.tokenizer import smollm2_gguf_path
 
 # The kernel tests run where the kernels run: compiled on a GPU when there is one (bench/gpu.sh runs
 # them there: the interpreter cannot catch compiler bugs), else in the interpreter on the CPU.

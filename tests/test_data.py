@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from smollm.data import (HEADER_BYTES, MAGIC, BatchLoader, ShardError, TokenWindows, atomic_write_json, open_shard,
+from smollm.data import (HEADER_BYTES, MAGIC, BatchLoader, ShardError, TokenWindows, open_shard,
                          read_header, write_shard)
+from smollm.files import atomic_write_json
 
 
 def _dataset(tmp_path, shards: dict[str, list[np.ndarray]], vocab=1000):
