@@ -1,4 +1,5 @@
-"""Pretrain SmolLM2 from scratch: `python train.py [--config configs/X.yaml] [section.key=value ...]`.
+"""Pretrain SmolLM2 from scratch: `python train.py [--config configs/X.yaml] [section.key=value ...]`;
+also `train.py plot RUN` (the loss curve) and `train.py export RUN OUT` (a Hugging Face directory).
 See smollm/train.py."""
 
 import sys

@@ -1,13 +1,12 @@
 """Compile every Triton kernel ahead of time for real GPUs, no GPU needed: sm_86 (A10G) and sm_90
 (H100), at the model's shapes and dtypes. Reports registers, local memory (spills), shared
 memory and stack per kernel (from the cubin, via the cuobjdump that ships with Triton); exits 1 if
-any kernel fails to compile or spills.
+any kernel fails to compile or spills. It runs on the host's CPU: the rows' device is the CPU.
 
-    TRITON_INTERPRET=0 python bench/aot.py            # writes bench/results/aot.{md,json}
+    TRITON_INTERPRET=0 python -m bench.aot            # writes bench/results/aot_cpu.{jsonl,md}
 """
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -20,16 +19,12 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.results_io import write_results  # noqa: E402
-import importlib  # noqa: E402
-
-# kernels/__init__ exports functions named like two of its modules (rope, swiglu): take the modules.
-cross_entropy, rmsnorm, rope, swiglu = (importlib.import_module(f"kernels.{m}")
-                                        for m in ("cross_entropy", "rmsnorm", "rope", "swiglu"))
+from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows  # noqa: E402
+from kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
+from smollm.config import get_preset  # noqa: E402
 
 TARGETS = {"sm_86 (A10G)": GPUTarget("cuda", 86, 32), "sm_90 (H100)": GPUTarget("cuda", 90, 32)}
-HIDDEN, HEAD_DIM, N_HEAD, N_KV = 576, 64, 9, 3
+MODEL = get_preset("smollm2-135m")
 
 
 def kernel_specs():
@@ -37,7 +32,7 @@ def kernel_specs():
     specs = []
     for dt in ("fp32", "bf16"):
         p = f"*{dt}"
-        block = triton.next_power_of_2(HIDDEN)
+        block = triton.next_power_of_2(MODEL.hidden_size)
         # (name, x, delta, residual, y / dy, d_delta): rms_norm and add_rms_norm all in dt, and under bf16
         # autocast the model's case: an fp32 residual stream, a bf16 branch, y written in bf16.
         norms = [("rms_norm", p, None, p, p, None), ("add_rms_norm", p, p, p, p, None)]
@@ -62,9 +57,9 @@ def kernel_specs():
             sig = {"Q": p, "K": p, "QO": p, "KO": p, "COS": "*fp32", "SIN": "*fp32", **{k: "i32" for k in ints},
                    "HALF": "constexpr", "BLOCK_HQ": "constexpr", "BLOCK_HKV": "constexpr", "BACKWARD": "constexpr"}
             specs.append((f"rope_{'bwd' if backward else 'fwd'}[{dt}]", rope._rope_kernel, sig,
-                          {"HALF": HEAD_DIM // 2, "BLOCK_HQ": triton.next_power_of_2(N_HEAD),
-                           "BLOCK_HKV": triton.next_power_of_2(N_KV), "BACKWARD": backward}, 1))
-        sw_block = swiglu._grid(1, 1536)[1]  # intermediate_size 1536: programs of (row, column block)
+                          {"HALF": MODEL.head_dim // 2, "BLOCK_HQ": triton.next_power_of_2(MODEL.num_attention_heads),
+                           "BLOCK_HKV": triton.next_power_of_2(MODEL.num_key_value_heads), "BACKWARD": backward}, 1))
+        sw_block = swiglu._grid(1, MODEL.intermediate_size)[1]  # programs of (row, column block)
         specs.append((f"swiglu_fwd[{dt}]", swiglu._swiglu_fwd,
                       {"G": p, "U": p, "Y": p, "stride_g": "i32", "stride_u": "i32", "stride_y": "i32",
                        "n_cols": "i32", "BLOCK": "constexpr"}, {"BLOCK": sw_block}, 4))
@@ -90,47 +85,66 @@ def resource_usage(cubin: bytes) -> dict:
     return {k.lower(): int(v) for k, v in usage.items()}
 
 
-def compile_all() -> list[dict]:
+def compile_all(st) -> list[Row]:
     rows = []
     for name, fn, signature, constexprs, num_warps in kernel_specs():
         for target_name, target in TARGETS.items():
-            row = {"kernel": name, "function": fn.__name__, "target": target_name, "num_warps": num_warps}
+            params = {"kernel": name, "function": fn.__name__, "target": target_name, "num_warps": num_warps}
             try:
                 compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
                                           options={"num_warps": num_warps})
-                row.update(resource_usage(compiled.asm["cubin"]), ok=True)
-                row["shared"] = max(row.get("shared", 0), compiled.metadata.shared)
+                usage = resource_usage(compiled.asm["cubin"])
+                usage["shared"] = max(usage.get("shared", 0), compiled.metadata.shared)
+                rows.append(st.row(params, usage))
             except Exception as e:  # report every failure, not just the first
-                row.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            rows.append(row)
+                rows.append(st.row(params, status="error",
+                                   reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
     return rows
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = [f"# Ahead-of-time compile (Triton {triton.__version__}, no GPU)", "",
-             "| kernel | target | warps | registers | spills (local bytes) | shared bytes | stack | ok |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        if r["ok"]:
-            lines.append(f"| {r['kernel']} | {r['target']} | {r['num_warps']} | {r.get('reg', '?')} | "
-                         f"{r.get('local', '?')} | {r.get('shared', '?')} | {r.get('stack', '?')} | yes |")
+def failures(rows: list[Row]) -> list[str]:
+    return [f"{r.parameters['kernel']} {r.parameters['target']}: "
+            + (r.reason or f"spills {r.metrics['local']} bytes to local memory")
+            for r in rows if not r.is_summary and (r.status != "ok" or r.metrics.get("local", 0) > 0)]
+
+
+def headlines(rows: list[Row]) -> list[str]:
+    kernels = {r.parameters["kernel"] for r in rows}
+    targets = list(dict.fromkeys(r.parameters["target"] for r in rows))
+    bad = failures(rows)
+    if bad:
+        return [f"{len(bad)} of {len(rows)} compiles failed or spilled: " + "; ".join(bad)]
+    return [f"all {len(kernels)} kernel variants compile for {' and '.join(targets)}: 0 bytes spilled, "
+            f"<= {max(r.metrics.get('reg', 0) for r in rows)} registers"]
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The run's rows (its summary row last) as the resource table."""
+    summary = rows[-1]
+    lines = [f"# Ahead-of-time compile (Triton {summary.versions.get('triton')}, no GPU)", "", provenance_md(summary),
+             ""]
+    lines += headlines_md(rows)
+    lines += ["| kernel | target | warps | registers | spills (local bytes) | shared bytes | stack | ok |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows[:-1]:
+        p, m = r.parameters, r.metrics
+        if r.status == "ok":
+            lines.append(f"| {p['kernel']} | {p['target']} | {p['num_warps']} | {m.get('reg', '?')} | "
+                         f"{m.get('local', '?')} | {m.get('shared', '?')} | {m.get('stack', '?')} | yes |")
         else:
-            lines.append(f"| {r['kernel']} | {r['target']} | {r['num_warps']} | | | | | **{r['error']}** |")
+            lines.append(f"| {p['kernel']} | {p['target']} | {p['num_warps']} | | | | | **{r.reason}** |")
     return "\n".join(lines) + "\n"
-
-
-def failures(rows: list[dict]) -> list[str]:
-    return [f"{r['kernel']} {r['target']}: " + (r.get("error") or f"spills {r['local']} bytes to local memory")
-            for r in rows if not r["ok"] or r.get("local", 0) > 0]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
-    rows = compile_all()
+    st = stamp("aot", "cpu")
+    rows = compile_all(st)
+    rows.append(st.summary(headlines(rows), targets=list(TARGETS)))
     md = to_markdown(rows)
-    write_results(args.out, "aot", {"md": md, "json": json.dumps(rows, indent=1)})
+    write_rows(args.out, rows, md)
     print(md)
     bad = failures(rows)
     for line in bad:

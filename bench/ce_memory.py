@@ -1,5 +1,6 @@
 """Peak extra memory of loss + backward for the LM head + cross-entropy, measured side by side:
-naive (full logits + F.cross_entropy) against kernels.linear_cross_entropy (fused, chunked).
+naive (full logits + F.cross_entropy) against kernels.cross_entropy.linear_cross_entropy (fused,
+chunked), at the model's hidden size and vocabulary.
 
 Each variant runs in a fresh process. Extra memory = the peak of tensor memory allocated during loss +
 backward, beyond the inputs: on a GPU from torch.cuda's peak counter, on the CPU from the allocation
@@ -7,7 +8,8 @@ events of torch.profiler (the same accounting). The CPU's resident-set growth (r
 reported beside it; it also counts BLAS packing workspace and memory the C allocator keeps after a
 free, which are not tensors.
 
-    python bench/ce_memory.py [--n 8192 16384] [--v 49152] [--d 576]   # bench/results/ce_memory_<device>.{md,json}
+    python -m bench.ce_memory [--n 8192 16384] [--v V] [--d D]   # V, D: smollm2-135m's unless given
+        # writes bench/results/ce_memory_<device-slug>.{jsonl,md}
 """
 
 import argparse
@@ -18,10 +20,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.measure import peak_extra_bytes  # noqa: E402
-from bench.results_io import write_results  # noqa: E402
+from bench.measure import peak_extra_bytes
+from bench.results import RESULTS_DIR, ROOT, Row, headlines_md, provenance_md, stamp, write_rows
+from smollm.config import get_preset
+
 MiB = 2 ** 20
 
 
@@ -56,13 +58,45 @@ def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
     return row
 
 
+def headlines(rows: list[Row]) -> list[str]:
+    return [f"fused cross-entropy, N={r.parameters['n']}, {r.parameters['dtype']}: "
+            f"{r.metrics['naive_extra_mib'] / r.metrics['fused_extra_mib']:.1f}x less peak memory than full logits "
+            f"({r.metrics['fused_extra_mib']:,.0f} vs {r.metrics['naive_extra_mib']:,.0f} MiB)" for r in rows]
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The run's rows (its summary row last) as the memory table."""
+    summary, results = rows[-1], [r.flat() for r in rows[:-1]]
+    p = summary.parameters
+    rss = not p["device"].startswith("cuda")
+    return "\n".join([
+        f"# Fused linear cross-entropy: peak extra memory of loss + backward ({p['device']}, {p['dtype']})", "",
+        provenance_md(summary), "",
+        f"V = {p['v']}, D = {p['d']}. Extra = peak tensor memory allocated during loss + backward, beyond the inputs"
+        f"{'' if not rss else ' (torch.profiler allocation events)'}. The fused op's chunks come from "
+        f"its budget of {p['chunk_budget_mib']:,.0f} MiB of logits per chunk (kernels.cross_entropy.CHUNK_BYTES); "
+        "the unavoidable buffers are grad_weight + grad_hidden (fp32).", "",
+        *headlines_md(rows),
+        "| N | naive extra | fused extra | fused / naive | fused / unavoidable | unavoidable | chunk rows x chunks "
+        "| chunk logits |" + (" resident set growth, naive / fused |" if rss else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rss else ""),
+        *(f"| {r['n']} | {r['naive_extra_mib']:,.0f} MiB | {r['fused_extra_mib']:,.0f} MiB | "
+          f"{r['fused_over_naive']:.3f} | {r['fused_over_unavoidable']:.2f}x | {r['unavoidable_grad_mib']:,.0f} MiB | "
+          f"{r['chunk_rows']} x {r['chunks']} | {r['chunk_mib']:,.0f} MiB |"
+          + (f" {r['rss_naive_extra_mib']:,.0f} / {r['rss_fused_extra_mib']:,.0f} MiB |" if rss else "")
+          for r in results),
+        "", "Losses (naive / fused): " + "; ".join(f"N={r['n']} {r['loss_naive']:.6f} / {r['loss_fused']:.6f}"
+                                                   for r in results) + ".", ""])
+
+
 def main(argv=None):
+    model = get_preset("smollm2-135m")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[8192], help="tokens; several give one row each")
-    p.add_argument("--v", type=int, default=49152)
-    p.add_argument("--d", type=int, default=576)
+    p.add_argument("--v", type=int, default=model.vocab_size)
+    p.add_argument("--d", type=int, default=model.hidden_size)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--out", default=RESULTS_DIR)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -75,12 +109,15 @@ def main(argv=None):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     v, d = args.v, args.d
+    st = stamp("ce_memory", device)
+    params = {"v": v, "d": d, "dtype": "fp32", "device": device, "chunk_budget_mib": CHUNK_BYTES / MiB}
     results = []
     for n in args.n:
         rows = {}
         for variant in ("naive", "fused"):  # a fresh process per variant and N
-            out = subprocess.run([sys.executable, __file__, "--child", variant, "--n", str(n), "--v", str(v),
-                                  "--d", str(d), "--device", device], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-m", "bench.ce_memory", "--child", variant, "--n", str(n),
+                                  "--v", str(v), "--d", str(d), "--device", device], cwd=ROOT, capture_output=True,
+                                 text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{variant} at N={n} failed (exit {out.returncode}; out of memory?):\n"
                                  f"{out.stderr[-2000:]}")
@@ -91,8 +128,8 @@ def main(argv=None):
         chunk_rows = budget_chunk_rows(n, v, 4)  # fp32 logits
         unavoidable = 4 * (v * d + n * d)  # grad_weight + grad_hidden, fp32
         naive, fused = rows["naive"]["extra_bytes"], rows["fused"]["extra_bytes"]
-        results.append({
-            "n": n, "naive_extra_mib": naive / MiB, "fused_extra_mib": fused / MiB,
+        results.append(st.row({"n": n, **params}, {
+            "naive_extra_mib": naive / MiB, "fused_extra_mib": fused / MiB,
             "fused_over_naive": fused / naive, "unavoidable_grad_mib": unavoidable / MiB,
             "fused_over_unavoidable": fused / unavoidable,
             "chunk_rows": chunk_rows, "chunks": -(-n // chunk_rows), "chunk_mib": chunk_rows * v * 4 / MiB,
@@ -100,28 +137,10 @@ def main(argv=None):
             "rss_naive_extra_mib": rows["naive"].get("rss_extra_bytes", 0) / MiB,
             "rss_fused_extra_mib": rows["fused"].get("rss_extra_bytes", 0) / MiB,
             "seconds_naive": rows["naive"]["seconds"], "seconds_fused": rows["fused"]["seconds"],
-        })
-    # The first N's numbers stay at the top level (bench/report.py reads them); every N is in "rows".
-    summary = {"device": device, "v": v, "d": d, "dtype": "fp32", "chunk_budget_mib": CHUNK_BYTES / MiB,
-               **results[0], "rows": results}
-    rss = device != "cuda"
-    md = "\n".join([
-        f"# Fused linear cross-entropy: peak extra memory of loss + backward ({device}, fp32)", "",
-        f"V = {v}, D = {d}. Extra = peak tensor memory allocated during loss + backward, beyond the inputs"
-        f"{'' if device == 'cuda' else ' (torch.profiler allocation events)'}. The fused op's chunks come from "
-        f"its budget of {CHUNK_BYTES / MiB:,.0f} MiB of logits per chunk (kernels.cross_entropy.CHUNK_BYTES); "
-        "the unavoidable buffers are grad_weight + grad_hidden (fp32).", "",
-        "| N | naive extra | fused extra | fused / naive | fused / unavoidable | unavoidable | chunk rows x chunks "
-        "| chunk logits |" + (" resident set growth, naive / fused |" if rss else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if rss else ""),
-        *(f"| {r['n']} | {r['naive_extra_mib']:,.0f} MiB | {r['fused_extra_mib']:,.0f} MiB | "
-          f"{r['fused_over_naive']:.3f} | {r['fused_over_unavoidable']:.2f}x | {r['unavoidable_grad_mib']:,.0f} MiB | "
-          f"{r['chunk_rows']} x {r['chunks']} | {r['chunk_mib']:,.0f} MiB |"
-          + (f" {r['rss_naive_extra_mib']:,.0f} / {r['rss_fused_extra_mib']:,.0f} MiB |" if rss else "")
-          for r in results),
-        "", "Losses (naive / fused): " + "; ".join(f"N={r['n']} {r['loss_naive']:.6f} / {r['loss_fused']:.6f}"
-                                                   for r in results) + ".", ""])
-    write_results(args.out, f"ce_memory_{device}", {"md": md, "json": json.dumps(summary, indent=1)})
+        }))
+    results.append(st.summary(headlines(results), **params))
+    md = to_markdown(results)
+    write_rows(args.out, results, md)
     print(md)
     return 0
 

@@ -2,19 +2,20 @@
 # The GPU check, in one command, offline, with only this repository and the machine's own Python (torch +
 # triton; transformers, liger-kernel and pytest are used when installed, and their rows say so when not).
 #
-#   bench/gpu.sh              bench/gpu_check.py under a 450 s budget (8 min with the machine's start):
+#   bench/gpu.sh              python -m bench.gpu_check under a 450 s budget:
 #                             (a) bf16 GEMM and copy ceilings, (b) one training step, compiled: ours triton
 #                             path, ours torch path, transformers, (c) a profile of one triton-path step,
 #                             (d) each op fwd+bwd at 16,384 tokens, (e) the kernel parity tests on the GPU.
-#                             Rows go to ${OUT:-bench/results}/gpu_<gpu-name>.jsonl (one line per row, written
-#                             as it is measured) and .md (re-rendered after every row), the console to
+#                             Rows go to ${OUT:-bench/results}/gpu_check_<gpu>.jsonl (one bench.results.Row per
+#                             line, written as it is measured; <gpu> as bench.results.device_slug names it:
+#                             a10g, h100, ...) and .md (re-rendered after every row), the console to
 #                             gpu_check.log there: a run killed at any point keeps every row before the kill.
-#   bench/gpu.sh --full       the same, then the long route (20-30 min): the parity tests under pytest,
-#                             bench/report.py (kernels at 3 sizes, every training-step row, the 24 GB fit
-#                             search) and bench/parity.py, into the same folder.
-#   bench/gpu.sh --cpu-smoke  no GPU needed: the same check on the CPU at tiny sizes (1.5-4 min on 2 cores;
-#                             Triton runs in its interpreter, the timings mean nothing; rows in gpu_cpu.*).
-#   Any other argument goes to gpu_check.py (--budget-s 300, --sections a b, --steps 20, ...).
+#   bench/gpu.sh --full       the same, then the long route: the parity tests under pytest, bench.report
+#                             (kernels at 3 sizes, every training-step row, the 24 GB fit search) and
+#                             bench.parity, into the same folder.
+#   bench/gpu.sh --cpu-smoke  no GPU needed: the same check on the CPU at tiny sizes (Triton runs in its
+#                             interpreter, the timings mean nothing; rows in gpu_check_cpu.*).
+#   Any other argument goes to bench.gpu_check (--budget-s 300, --sections a b, --steps 20, ...).
 #
 # Without a GPU (and without --cpu-smoke) it refuses at once with exit 2. PYTHON=... picks the interpreter
 # (default .venv/bin/python, else python3). Where the copy has no .git, SMOLLM_COMMIT=<sha> stamps the rows.
@@ -45,10 +46,10 @@ else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 start=$SECONDS
-"$py" bench/gpu_check.py --out "$out" "${flags[@]}" ${pass[@]+"${pass[@]}"} 2>&1 | tee "$out/gpu_check.log"
+"$py" -m bench.gpu_check --out "$out" "${flags[@]}" ${pass[@]+"${pass[@]}"} 2>&1 | tee "$out/gpu_check.log"
 status=${PIPESTATUS[0]}
 [ "$status" = 2 ] && exit 2  # no GPU: refused, nothing measured
-echo "bench/gpu.sh: check done in $((SECONDS - start)) s, exit $status; rows in $out/gpu_*.jsonl and .md"
+echo "bench/gpu.sh: check done in $((SECONDS - start)) s, exit $status; rows in $out/gpu_check_*.jsonl and .md"
 
 if [ "$full" = 1 ]; then
   echo "== --full: kernel parity tests on the GPU (pytest)"
@@ -66,10 +67,10 @@ if [ "$full" = 1 ]; then
     [ "$liger" = 0 ] && summary="$summary (liger-kernel not installed: its comparison deselected)"
     [ "$tests_status" = 0 ] || { summary="FAILED: $summary"; status=1; }
   fi
-  echo "== --full: bench/report.py"
-  "$py" bench/report.py --out "$out" --tests-log "$summary" || { echo "bench/report.py failed"; status=1; }
-  echo "== --full: bench/parity.py"
-  "$py" bench/parity.py --out "$out" || { echo "bench/parity.py failed"; status=1; }
+  echo "== --full: bench.report"
+  "$py" -m bench.report --out "$out" --tests-log "$summary" || { echo "bench.report failed"; status=1; }
+  echo "== --full: bench.parity"
+  "$py" -m bench.parity --out "$out" || { echo "bench.parity failed"; status=1; }
   echo "bench/gpu.sh --full: done in $((SECONDS - start)) s; tests: $summary"
 fi
 exit "$status"

@@ -13,11 +13,12 @@ before the kill):
   (e) the kernel parity tests compiled on this device (pytest in a subprocess, timeout = the time left),
       or without pytest bench/parity.py's max errors in-process.
 
-    python bench/gpu_check.py [--out DIR] [--budget-s 450] [--sections a b c d e] [--steps 10]
+    python -m bench.gpu_check [--out DIR] [--budget-s 450] [--sections a b c d e] [--steps 10]
         [--preset P] [--layers L] [--batch B] [--seq T] [--gemm-n N] [--copy-mib M] [--op-tokens N]
         [--ops OP ...] [--parity auto|pytest|measure] [--hard-stop-s S] [--estimate-scale X] [--require-gpu]
-        # writes DIR/gpu_<device>.jsonl (one JSON line per row, fsynced) and DIR/gpu_<device>.md (re-rendered
-        # atomically after every row); exit 0 when every row ran or was skipped for a stated reason, 1 if any errored
+        # writes DIR/gpu_check_<device-slug>.jsonl (one bench.results.Row per line, fsynced; the run's summary
+        # row with its headlines last) and DIR/gpu_check_<device-slug>.md (re-rendered atomically after every
+        # row); exit 0 when every row ran or was skipped for a stated reason, 1 if any errored
 
 Each row runs only if its estimated time (ESTIMATE_S) fits in what is left of --budget-s (counted from
 the start of this process, imports included), else it is written as "skipped: time budget". A row that
@@ -26,7 +27,7 @@ running at --hard-stop-s (default budget + 20 s) is written as skipped and the p
 
 Without a GPU everything runs on the CPU at whatever sizes the flags give (the defaults are small): the
 triton rows run Triton's interpreter there, correct but with timings that mean nothing. bench/gpu.sh
-is the wrapper the device tool runs; tests/test_bench_gpu_check.py runs this file end to end on a CPU.
+is the wrapper the device tool runs; tests/test_bench_gpu_check.py runs this module end to end on a CPU.
 Needs only torch, triton and numpy (transformers, liger-kernel, pytest are used when installed).
 """
 
@@ -39,11 +40,8 @@ START = time.monotonic()  # the budget counts from here
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import importlib.util  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -52,14 +50,13 @@ import traceback  # noqa: E402
 
 import torch  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 import kernels as K  # noqa: E402
 from bench import kernels as BK  # noqa: E402
-from bench.measure import (allocated_mib, copy_gb_s, device_name, free_memory, gemm_tflop_s,  # noqa: E402
-                           peak_gb_s, peak_memory_mib, reset_peak_memory, results_name, sync, time_ms)
-from bench.results_io import write_results  # noqa: E402
+from bench.measure import (allocated_mib, copy_gb_s, free_memory, gemm_tflop_s, peak_gb_s,  # noqa: E402
+                           peak_memory_mib, reset_peak_memory, sync, time_ms)
+from bench.results import RESULTS_DIR, ROOT, Stamp, append_row, now_utc, stamp  # noqa: E402
 from bench.train_step import batch, build, step_fn  # noqa: E402
+from smollm.files import atomic_write_text  # noqa: E402
 from smollm.config import get_preset  # noqa: E402
 from smollm.metrics import flops_per_token, peak_tflops  # noqa: E402
 
@@ -76,13 +73,13 @@ CPU_SKIP = "CPU: interpreter timings mean nothing"
 MiB = 2 ** 20
 
 # Seconds each row is expected to take on an H100/H200, compiles cold: a row starts only if this fits in
-# the time left. Training rows: a cold torch.compile of the 30-layer model, forward and backward, is 1-2
-# min (the triton path has fewer inductor kernels; transformers' modeling code traces slowest); after the
-# first training row the next one is expected to take as long as the previous one did (x1.3 for
-# transformers), so the estimate follows the machine. (c) reuses (b)'s compiled model (one step under
-# the profiler); without it, an eager triton-path model. (d): a compiled reference is a small graph
-# compiled forward and backward; each timed call is do_bench's ~0.1 s. (e): the four parity test files
-# compile each kernel variant once (about a minute); bench/parity.py's in-process run is smaller.
+# the time left. Training rows are dominated by a cold torch.compile of the whole model, forward and
+# backward (the triton path has fewer inductor kernels; transformers' modeling code traces slowest);
+# after the first training row the next one is expected to take as long as the previous one did (x1.3
+# for transformers), so the estimate follows the machine. (c) reuses (b)'s compiled model (one step
+# under the profiler); without it, an eager triton-path model. (d): a compiled reference is a small
+# graph compiled forward and backward; each timed call is one do_bench. (e): the four parity test
+# files compile each kernel variant once; bench/parity.py's in-process run is smaller.
 ESTIMATE_S = {"gemm": 10, "copy": 5, "train": 120, "profile": 15, "profile_eager": 40, "op_eager": 3,
               "op_compiled": 20, "op_triton": 5, "op_liger": 5, "pytest": 60, "parity": 25}
 
@@ -96,36 +93,11 @@ def defaults(gpu: bool) -> dict:
                 parity_tokens=16)
 
 
-# ---- stamping, budget, rows ----
-
-def git_commit() -> str:
-    """The checkout's commit (+"-dirty" when tracked files differ), else $SMOLLM_COMMIT, else "unknown"."""
-    try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode == 0 and head.stdout.strip():
-            dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("SMOLLM_COMMIT") or "unknown"
-
-
-def stamp(device: torch.device) -> dict:
-    import triton
-
-    return {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
-            "triton": triton.__version__, "python": platform.python_version()}
-
+# ---- budget, rows ----
 
 def installed(module: str) -> bool:
     """Whether a module can be imported here, without importing it (the tests patch this)."""
     return importlib.util.find_spec(module) is not None
-
-
-def now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Budget:
@@ -146,47 +118,59 @@ def error_fields(exc: BaseException) -> dict:
 
 
 class Recorder:
-    """Rows in order; each appended to <out>/gpu_<name>.jsonl (flushed and fsynced) and the Markdown
-    re-rendered atomically, so whatever kills the process, every row before it is on disk."""
+    """Rows in order; each appended to <out>/gpu_check_<device-slug>.jsonl as a bench.results.Row
+    (flushed and fsynced) and the Markdown re-rendered atomically, so whatever kills the process,
+    every row before it is on disk. `rows` keeps each row flat (Row.flat()) for the rendering."""
 
-    def __init__(self, out: str, name: str, stamp_: dict, budget: Budget, meta: dict):
+    def __init__(self, out: str, st: Stamp, budget: Budget, meta: dict):
         os.makedirs(out, exist_ok=True)
-        self.out, self.name, self.stamp, self.budget, self.meta = out, name, stamp_, budget, meta
-        self.jsonl = os.path.join(out, f"gpu_{name}.jsonl")
-        self.md_path = os.path.join(out, f"gpu_{name}.md")
+        self.out, self.stamp, self.budget, self.meta = out, st, budget, meta
+        self.jsonl = st.path(out, "jsonl")
+        self.md_path = st.path(out, "md")
         self.rows: list[dict] = []
         self.estimate_scale = 1.0
         self.running: tuple | None = None  # (section, name, labels, monotonic start) of the row in progress
         self.lock = threading.RLock()  # the watchdog writes its row between two of the main thread's, never inside one
         open(self.jsonl, "w").close()  # a fresh record per run
 
-    def add(self, section: str, name: str, fields: dict, status: str = "ok") -> dict:
+    def add(self, section: str, name: str, fields: dict, status: str = "ok", labels: dict | None = None) -> dict:
+        """labels: what the row measured (its parameters); fields: what it produced (its metrics), with
+        "reason" (skipped) or "error" (error) saying why it did not run."""
         with self.lock:
-            return self._add(section, name, fields, status)
+            return self._add(section, name, fields, status, labels or {})
 
-    def _add(self, section: str, name: str, fields: dict, status: str) -> dict:
-        row = {"section": section, "name": name, "status": status, **fields, **self.stamp, "time": now_utc(),
-               "elapsed_s": round(self.budget.used(), 2)}
-        self.rows.append(row)
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def _add(self, section: str, name: str, fields: dict, status: str, labels: dict) -> dict:
+        metrics = {k: v for k, v in fields.items() if k not in ("reason", "error")}
+        metrics["elapsed_s"] = round(self.budget.used(), 2)
+        row = self.stamp.row({"section": section, "name": name, **labels}, metrics, status=status,
+                             reason=fields.get("reason") or fields.get("error"))
+        append_row(self.jsonl, row)
+        flat = row.flat()
+        self.rows.append(flat)
         self.render()
-        print(f"[{row['elapsed_s']:7.1f} s] ({section}) {name}: {console(row)}", flush=True)
-        return row
+        print(f"[{flat['elapsed_s']:7.1f} s] ({section}) {name}: {console(flat)}", flush=True)
+        return flat
 
     def render(self, final: bool = False) -> None:
         with self.lock:
-            write_results(self.out, f"gpu_{self.name}", {"md": render_md(self.rows, self.stamp, self.meta,
-                                                                         self.budget, final)})
+            atomic_write_text(self.md_path, render_md(self.rows, self.stamp, self.meta, self.budget, final))
+
+    def finish(self) -> None:
+        """The summary row (the run's headlines, its row and error counts) and the final Markdown."""
+        with self.lock:
+            errors = sum(r["status"] == "error" for r in self.rows)
+            append_row(self.jsonl, self.stamp.summary(
+                headlines(self.rows), {"rows": len(self.rows), "errors": errors,
+                                       "elapsed_s": round(self.budget.used(), 2)},
+                section="summary", name="headlines", budget_s=self.budget.seconds, stopped=self.meta.get("stopped")))
+            self.render(final=True)
 
 
 def console(row: dict) -> str:
     if row["status"] == "skipped":
         return f"skipped: {row['reason']}"
     if row["status"] == "error":
-        return f"ERROR {row['error']}"
+        return f"ERROR {row['reason']}"
     keys = ("tflop_s", "gb_s", "tokens_per_s", "mfu_nominal", "mfu_measured", "loss", "ms", "total_ms", "summary",
             "max_abs_err")
     return ", ".join(f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}"
@@ -202,8 +186,8 @@ def run_row(rec: Recorder, section: str, name: str, estimate_s: float, fn, label
     left = rec.budget.left()
     estimate_s *= rec.estimate_scale
     if left < estimate_s:
-        return rec.add(section, name, {**labels, "reason": f"time budget (needs ~{estimate_s:.0f} s, "
-                                                             f"{max(left, 0):.0f} s left)"}, "skipped")
+        return rec.add(section, name, {"reason": f"time budget (needs ~{estimate_s:.0f} s, "
+                                                 f"{max(left, 0):.0f} s left)"}, "skipped", labels)
     t0 = time.monotonic()
     rec.running = (section, name, labels, t0)
     try:
@@ -215,10 +199,10 @@ def run_row(rec: Recorder, section: str, name: str, estimate_s: float, fn, label
     except Exception as exc:  # noqa: BLE001 - any failure is a row, and the check goes on
         fields, status = error_fields(exc), "error"
     finally:
-        if device is not None:  # after a row that ran (gc.collect costs ~0.5 s with compiled graphs around)
+        if device is not None:  # after a row that ran (gc.collect is slow with compiled graphs around)
             free_memory(device)
     rec.running = None
-    return rec.add(section, name, {**labels, **fields, "seconds": round(time.monotonic() - t0, 3)}, status)
+    return rec.add(section, name, {**fields, "seconds": round(time.monotonic() - t0, 3)}, status, labels)
 
 
 def start_watchdog(rec: Recorder, hard_stop_s: float) -> threading.Event:
@@ -239,11 +223,11 @@ def start_watchdog(rec: Recorder, hard_stop_s: float) -> threading.Event:
             note = f"hard stop at {hard_stop_s:.0f} s (budget {rec.budget.seconds:.0f} s)"
             if running:
                 section, name, labels, t0 = running
-                rec.add(section, name, {**labels, "reason": f"time budget: {note}, stopped after "
-                                                            f"{time.monotonic() - t0:.0f} s of this row"}, "skipped")
+                rec.add(section, name, {"reason": f"time budget: {note}, stopped after "
+                                                  f"{time.monotonic() - t0:.0f} s of this row"}, "skipped", labels)
             rec.meta["stopped"] = f"Stopped at the {note}" + (f" while running ({running[0]}) {running[1]}"
                                                               if running else "") + "; later rows did not run."
-            rec.render(final=True)
+            rec.finish()
             errors = sum(r["status"] == "error" for r in rec.rows)
             print(f"bench/gpu_check.py: {rec.meta['stopped']} {len(rec.rows)} rows, {errors} errors; {rec.md_path}",
                   flush=True)
@@ -536,7 +520,7 @@ def section_d(ctx: Ctx) -> None:
             if ctx.rec.budget.left() >= min(ESTIMATE_S[f"op_{impl}"] for impl in BK.IMPLS):
                 case = (extra_case if op in EXTRA_OPS else BK.make_case)(op, a.op_tokens, torch.bfloat16, dev)
         except Exception as exc:  # noqa: BLE001
-            ctx.rec.add("d", op, {**labels, **error_fields(exc)}, "error")
+            ctx.rec.add("d", op, error_fields(exc), "error", labels)
             continue
         for impl in BK.IMPLS:
             run_row(ctx.rec, "d", f"{op}, {impl}", ESTIMATE_S[f"op_{impl}"],
@@ -595,10 +579,10 @@ def section_e(ctx: Ctx) -> None:
         by_key.setdefault((r["op"], r["dtype"]), []).append(r)
     for (op, dtype), rs in by_key.items():
         worst = max(rs, key=lambda r: r["max_abs_err"])
-        ctx.rec.add("e", f"{op} {dtype}", {"op": op, "dtype": dtype, "tokens": a.parity_tokens,
-                                           "max_abs_err": worst["max_abs_err"], "worst_tensor": worst["tensor"],
+        ctx.rec.add("e", f"{op} {dtype}", {"max_abs_err": worst["max_abs_err"], "worst_tensor": worst["tensor"],
                                            "reference_same_dtype_err": max(r["reference_same_dtype_err"] for r in rs),
-                                           "per_tensor": {r["tensor"]: r["max_abs_err"] for r in rs}})
+                                           "per_tensor": {r["tensor"]: r["max_abs_err"] for r in rs}},
+                    labels={"op": op, "dtype": dtype, "tokens": a.parity_tokens})
 
 
 # ---- the Markdown ----
@@ -613,7 +597,7 @@ def num(v: float) -> str:
 
 
 def status_cell(r: dict) -> str:
-    return f"skipped: {r['reason']}" if r["status"] == "skipped" else f"**error**: {r['error']}"
+    return f"skipped: {r['reason']}" if r["status"] == "skipped" else f"**error**: {r['reason']}"
 
 
 def find(rows, section, name):
@@ -660,7 +644,7 @@ def headlines(rows: list[dict]) -> list[str]:
                        f"3 GEMMs' time at the measured GEMM rate ({gemm_ms:.3f} ms)")
     for r in rows:
         if r["section"] == "e" and r["name"] == "parity tests (pytest)" and r["status"] != "skipped":
-            out.append(f"kernel parity tests on this device: {r.get('summary') or r.get('error')}")
+            out.append(f"kernel parity tests on this device: {r.get('summary') or r.get('reason')}")
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         out.append(f"**{len(errors)} row(s) failed**: " + "; ".join(f"({r['section']}) {r['name']}" for r in errors))
@@ -751,10 +735,11 @@ def render_section(sec: str, rows: list[dict]) -> list[str]:
     return []
 
 
-def render_md(rows: list[dict], st: dict, meta: dict, budget: Budget, final: bool) -> str:
-    lines = [f"# GPU check: {st['device']}", "",
-             f"`bench/gpu_check.py` at commit {st['commit']}, started {meta['started']}; torch {st['torch']}, "
-             f"triton {st['triton']}, Python {st['python']}. Budget {budget.seconds:.0f} s, "
+def render_md(rows: list[dict], st: Stamp, meta: dict, budget: Budget, final: bool) -> str:
+    v = st.versions
+    lines = [f"# GPU check: {st.device}", "",
+             f"`python -m bench.gpu_check` at commit {st.commit}, started {meta['started']}; torch {v['torch']}, "
+             f"triton {v['triton']}, Python {v['python']}. Budget {budget.seconds:.0f} s, "
              f"{budget.used():.0f} s used" + ("" if final else " so far (running, or stopped here)") + ".", ""]
     if meta.get("stopped"):
         lines += [f"**{meta['stopped']}**", ""]
@@ -773,7 +758,7 @@ def render_md(rows: list[dict], st: dict, meta: dict, budget: Budget, final: boo
 def parse_args(argv, gpu: bool) -> argparse.Namespace:
     d = defaults(gpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--out", default=RESULTS_DIR)
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="start a row only if its estimate fits before this many seconds from the start")
     p.add_argument("--hard-stop-s", type=float, default=None,
@@ -811,14 +796,15 @@ def main(argv=None, start: float | None = None) -> int:
               "bench/gpu.sh --cpu-smoke runs the check on the CPU at tiny sizes", file=sys.stderr)
         return 2
     budget = Budget(args.budget_s, time.monotonic() if start is None else start)
-    st = stamp(device)
+    st = stamp("gpu_check", device)
     sections = [s for s in SECTIONS if s in args.sections]  # in order of value, whatever the flag's order
     meta = {"started": now_utc(), "sections": sections, "cpu": device.type != "cuda"}
-    rec = Recorder(args.out, results_name(device), st, budget, meta)
+    rec = Recorder(args.out, st, budget, meta)
     rec.estimate_scale = args.estimate_scale
     cfg = get_preset(args.preset)
     ctx = Ctx(args, device, rec, cfg=dataclasses.replace(cfg, num_hidden_layers=args.layers) if args.layers else cfg)
-    print(f"bench/gpu_check.py: {st['device']}, commit {st['commit']}, torch {st['torch']}, triton {st['triton']}; "
+    print(f"bench/gpu_check.py: {st.device}, commit {st.commit}, torch {st.versions['torch']}, "
+          f"triton {st.versions['triton']}; "
           f"budget {args.budget_s:.0f} s; sections {' '.join(sections)}; rows -> {rec.jsonl}", flush=True)
     watchdog = start_watchdog(rec, args.budget_s + 20 if args.hard_stop_s is None else args.hard_stop_s)
     try:
@@ -830,7 +816,7 @@ def main(argv=None, start: float | None = None) -> int:
     finally:
         with rec.lock:
             watchdog.set()
-    rec.render(final=True)
+    rec.finish()
     errors = [r for r in rec.rows if r["status"] == "error"]
     print(f"bench/gpu_check.py: {len(rec.rows)} rows, {len(errors)} errors, {budget.used():.0f} s; "
           f"{rec.md_path}", flush=True)

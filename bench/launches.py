@@ -9,9 +9,9 @@ compiled graph or eager code calls outside them (GEMMs, attention, AccumulateGra
 and every Triton launch (Triton's interpreter runs them here: each launch is wrapped in a profiler
 range at its grid executor, so the host copies the interpreter makes inside it are not counted).
 
-    python bench/launches.py [--preset tiny] [--layers 2] [--batch 2] [--seq 64] [--label TEXT]
-        [--before OLD/launches_cpu.json] [--out bench/results]
-        # writes bench/results/launches_cpu.{md,json}
+    python -m bench.launches [--preset tiny] [--layers 2] [--batch 2] [--seq 64] [--label TEXT]
+        [--before OLD/launches_cpu.jsonl] [--out bench/results]
+        # writes bench/results/launches_cpu.{jsonl,md}
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import os
 import sys
 
-import torch  # noqa: E402
+import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.results_io import write_results  # noqa: E402
-from smollm.config import KERNEL_CHOICES, get_preset  # noqa: E402
-from smollm.model import SmolLM  # noqa: E402
+from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, read_rows, stamp, write_rows
+from smollm.config import KERNEL_CHOICES, get_preset
+from smollm.model import SmolLM
 
 # Ops that launch nothing (metadata, views, allocation).
 NO_LAUNCH = {"aten::view", "aten::as_strided", "aten::reshape", "aten::_reshape_alias", "aten::empty",
@@ -117,8 +114,59 @@ def count_step(kernels: str, cfg, batch: int, seq: int) -> dict:
     launches = launch_events(prof.events())
     kinds = collections.Counter(k for k, _ in launches)
     other = collections.Counter(n for k, n in launches if k == "other aten ops")
-    return {"kernels": kernels, "by_kind": dict(kinds), "total": sum(kinds.values()),
-            "triton_by_kernel": dict(triton_launches), "other_aten_by_name": dict(other)}
+    return {"by_kind": dict(kinds), "total": sum(kinds.values()), "triton_by_kernel": dict(triton_launches),
+            "other_aten_by_name": dict(other)}
+
+
+def before_rows(path: str) -> list[Row]:
+    """An earlier run's own counts (not the rows it showed from a run before it), marked as before."""
+    return [dataclasses.replace(r, parameters={**r.parameters, "role": "before"}) for r in read_rows(path)
+            if not r.is_summary and r.parameters.get("role") != "before"]
+
+
+def headlines(rows: list[Row]) -> list[str]:
+    """Launches per step of each path, and against the earlier run's when there is one."""
+    now = {r.parameters["kernels"]: r for r in rows if r.parameters.get("role") != "before"}
+    before = {r.parameters["kernels"]: r for r in rows if r.parameters.get("role") == "before"}
+    any_row = next(iter(now.values()))
+    p = any_row.parameters
+    out = []
+    for path, r in now.items():
+        was = before.get(path)
+        change = f"{was.metrics['total']} -> {r.metrics['total']}" if was else f"{r.metrics['total']}"
+        out.append(f"kernel launches per training step, {path} path ({p['preset']}, {p['layers']} layers, "
+                   f"{p['batch']} x {p['seq']}, CPU count): {change}")
+    return out
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The run's rows (earlier runs' first, its summary row last) as the launch table."""
+    summary, shown = rows[-1], rows[:-1]
+    s = summary.parameters
+    label = s.get("label")
+    kinds = sorted({k for r in shown for k in r.metrics["by_kind"]})
+    lines = [f"# Kernel launches per training step (CPU count{', ' + label if label else ''})", "",
+             provenance_md(summary), "",
+             f"Preset {s['preset']} with {s['layers']} layers, micro-batch {s['batch']} x {s['seq']}, both paths "
+             "under torch.compile; forward + loss + backward + fused AdamW. Counted, not timed.", ""]
+    lines += headlines_md(rows)
+    lines += ["| code | path | " + " | ".join(kinds) + " | total | per layer (total / layers) |",
+              "|---|---|" + "---:|" * (len(kinds) + 2)]
+    for r in shown:
+        m = r.metrics
+        lines.append(f"| {r.parameters.get('label', '')} | {r.parameters['kernels']} | "
+                     + " | ".join(str(m["by_kind"].get(k, 0)) for k in kinds)
+                     + f" | {m['total']} | {m['total'] / r.parameters['layers']:.1f} |")
+    tri = next(r for r in shown if r.parameters.get("role") != "before" and r.parameters["kernels"] == "triton")
+    lines += ["", "Triton launches of the triton path: "
+              + ", ".join(f"{k} x{v}" for k, v in sorted(tri.metrics["triton_by_kernel"].items()))
+              + ". A GPU adds none of the CPU's host copies: the counts above leave out what Triton's interpreter does "
+              "inside a launch."]
+    for r in shown:
+        lines.append(f"Other aten ops of the {r.parameters['kernels']} path ({r.parameters.get('label', '')}): "
+                     + (", ".join(f"{k} x{v}" for k, v in sorted(r.metrics["other_aten_by_name"].items())) or "none"))
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -128,41 +176,21 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--label", default="", help="a note for the table (e.g. the commit measured)")
-    p.add_argument("--before", default=None, help="an earlier run's launches_cpu.json, shown as rows above")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--before", default=None, help="an earlier run's launches_cpu.jsonl, shown as rows above")
+    p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") != "1":  # kernels/__init__.py sets it only where there is no GPU
         p.error("counts are taken on the CPU through Triton's interpreter: on a machine with a GPU, run with "
                 "TRITON_INTERPRET=1")
     cfg = dataclasses.replace(get_preset(args.preset), num_hidden_layers=args.layers)
-    rows = [count_step(k, cfg, args.batch, args.seq) for k in KERNEL_CHOICES]
-    for r in rows:
-        r["label"] = args.label or "this checkout"
-    before = []
-    if args.before:
-        with open(args.before) as f:
-            before = json.load(f)["rows"]
-    kinds = sorted({k for r in before + rows for k in r["by_kind"]})
-    lines = [f"# Kernel launches per training step (CPU count{', ' + args.label if args.label else ''})", "",
-             f"Preset {args.preset} with {args.layers} layers, micro-batch {args.batch} x {args.seq}, both paths "
-             "under torch.compile; forward + loss + backward + fused AdamW. Counted, not timed.", "",
-             "| code | path | " + " | ".join(kinds) + " | total | per layer (total / layers) |",
-             "|---|---|" + "---:|" * (len(kinds) + 2)]
-    for r in before + rows:
-        lines.append(f"| {r.get('label', '')} | {r['kernels']} | " + " | ".join(str(r["by_kind"].get(k, 0)) for k in kinds)
-                     + f" | {r['total']} | {r['total'] / args.layers:.1f} |")
-    tri = rows[1]["triton_by_kernel"]
-    lines += ["", "Triton launches of the triton path: " + ", ".join(f"{k} x{v}" for k, v in sorted(tri.items()))
-              + ". A GPU adds none of the CPU's host copies: the counts above leave out what Triton's interpreter does "
-              "inside a launch."]
-    for r in before + rows:
-        lines.append(f"Other aten ops of the {r['kernels']} path ({r.get('label', '')}): "
-                     + (", ".join(f"{k} x{v}" for k, v in sorted(r["other_aten_by_name"].items())) or "none"))
-    lines.append("")
-    md = "\n".join(lines)
-    summary = {"preset": args.preset, "layers": args.layers, "batch": args.batch, "seq": args.seq,
-               "label": args.label, "rows": rows, "before": before}
-    write_results(args.out, "launches_cpu", {"md": md, "json": json.dumps(summary, indent=1)})
+    st = stamp("launches", "cpu")
+    params = {"preset": args.preset, "layers": args.layers, "batch": args.batch, "seq": args.seq}
+    rows = before_rows(args.before) if args.before else []
+    rows += [st.row({"kernels": k, **params, "label": args.label or "this checkout"},
+                    count_step(k, cfg, args.batch, args.seq)) for k in KERNEL_CHOICES]
+    rows.append(st.summary(headlines(rows), **params, label=args.label))
+    md = to_markdown(rows)
+    write_rows(args.out, rows, md)
     print(md)
     return 0
 

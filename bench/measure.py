@@ -10,6 +10,7 @@ import time
 
 import torch
 
+
 # Peak memory bandwidth of the GPUs we report against (GB/s, the vendors' figures; for the A100 the
 # 80 GB part). The A10G row is the reference card: its roofline is printed on every machine.
 PEAK_GB_S = [("A10G", 600.0), ("H200", 4800.0), ("H100", 3350.0), ("A100", 2039.0), ("L40S", 864.0),
@@ -64,21 +65,6 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
         current += e.nbytes()  # negative for a free
         peak = max(peak, current)
     return peak
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-
-    return f"cpu ({os.cpu_count()} cores)"
-
-
-def results_name(device: torch.device) -> str:
-    """bench/results/<name>.*: 'cpu', or the GPU's name in lower case with dashes ('nvidia-h100-80gb-hbm3')."""
-    if device.type != "cuda":
-        return "cpu"
-    return "-".join(torch.cuda.get_device_name(device).lower().replace("/", " ").split())
 
 
 # ---- the device's own ceilings and memory bookkeeping (bench/gpu_check.py); every device branch here ----

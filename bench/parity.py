@@ -1,22 +1,21 @@
 """Max errors of every Triton kernel (forward and each gradient) against the fp32 reference on the
-same inputs, at the model's shapes, in fp32 and bf16; beside each bf16 figure, the error of PyTorch's own bf16 run
-of the reference (what bf16 rounding costs anyway). On a CPU the kernels run in Triton's
-interpreter; on a GPU, compiled.
+same inputs, at the model's shapes, in fp32 and bf16; beside each bf16 figure, the error of PyTorch's
+own bf16 run of the reference (what bf16 rounding costs anyway). On a CPU the kernels run in
+Triton's interpreter; on a GPU, compiled.
 
-    python bench/parity.py [--tokens 256]     # writes bench/results/parity_<device>.{md,json}
+    python -m bench.parity [--tokens 256]     # writes bench/results/parity_<device-slug>.{jsonl,md}
 """
 
 import argparse
-import json
-import os
 import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import kernels as K  # noqa: E402
-from bench.results_io import write_results  # noqa: E402
+import kernels as K
+from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows
+from smollm.config import get_preset
+
+MODEL = get_preset("smollm2-135m")
 
 
 def _grads(fn, inputs, weights_for_sum):
@@ -35,25 +34,30 @@ def cases(tokens: int, device: str):
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=g)).to(device)
 
+    D, F, V = MODEL.hidden_size, MODEL.intermediate_size, MODEL.vocab_size
+    HQ, HKV, DH = MODEL.num_attention_heads, MODEL.num_key_value_heads, MODEL.head_dim
     B, T = 2, tokens // 2
-    cos, sin = K.rope.rope_tables(64, 2048, 10000.0)
+    cos, sin = K.rope.rope_tables(DH, MODEL.max_position_embeddings, MODEL.rope_theta)
     cos, sin = cos[:T].to(device), sin[:T].to(device)
-    targets = torch.randint(0, 49152, (tokens,), generator=g).to(device)
+    targets = torch.randint(0, V, (tokens,), generator=g).to(device)
     targets[::7] = -100
     return [
-        ("rms_norm", ["y", "dx", "dw"], lambda x, w: K.rmsnorm.rms_norm(x, w), lambda x, w: K.rmsnorm.rms_norm_reference(x, w),
-         [rand(tokens, 576), 1 + rand(576, scale=0.1)], [rand(tokens, 576)]),
-        ("rope", ["q", "k", "dq", "dk"], lambda q, k: K.rope.rope(q, k, cos, sin), lambda q, k: K.rope.rope_reference(q, k, cos, sin),
-         [rand(B, T, 9, 64), rand(B, T, 3, 64)], [rand(B, T, 9, 64), rand(B, T, 3, 64)]),
+        ("rms_norm", ["y", "dx", "dw"], lambda x, w: K.rmsnorm.rms_norm(x, w),
+         lambda x, w: K.rmsnorm.rms_norm_reference(x, w), [rand(tokens, D), 1 + rand(D, scale=0.1)], [rand(tokens, D)]),
+        ("rope", ["q", "k", "dq", "dk"], lambda q, k: K.rope.rope(q, k, cos, sin),
+         lambda q, k: K.rope.rope_reference(q, k, cos, sin),
+         [rand(B, T, HQ, DH), rand(B, T, HKV, DH)], [rand(B, T, HQ, DH), rand(B, T, HKV, DH)]),
         ("swiglu", ["y", "d_gate", "d_up"], K.swiglu.swiglu, K.swiglu.swiglu_reference,
-         [rand(tokens, 1536, scale=3), rand(tokens, 1536)], [rand(tokens, 1536)]),
+         [rand(tokens, F, scale=3), rand(tokens, F)], [rand(tokens, F)]),
         ("linear_cross_entropy", ["loss", "d_hidden", "d_weight"],
-         lambda h, w: K.cross_entropy.linear_cross_entropy(h, w, targets), lambda h, w: K.cross_entropy.linear_cross_entropy_reference(h, w, targets),
-         [rand(tokens, 576), rand(49152, 576, scale=576 ** -0.5)], [torch.ones((), device=device)]),
+         lambda h, w: K.cross_entropy.linear_cross_entropy(h, w, targets),
+         lambda h, w: K.cross_entropy.linear_cross_entropy_reference(h, w, targets),
+         [rand(tokens, D), rand(V, D, scale=D ** -0.5)], [torch.ones((), device=device)]),
     ]
 
 
 def measure(tokens: int, device: str) -> list[dict]:
+    """One dict per (op, dtype, tensor): its labels and errors (bench/gpu_check.py reads these too)."""
     rows = []
     for name, labels, fused, reference, inputs, out_weights in cases(tokens, device):
         for dtype in (torch.float32, torch.bfloat16):
@@ -69,19 +73,52 @@ def measure(tokens: int, device: str) -> list[dict]:
     return rows
 
 
+METRICS = ("max_abs_err", "reference_same_dtype_err", "max_abs_value")
+
+
+def headlines(rows: list[Row]) -> list[str]:
+    """Per dtype, the largest kernel error, and in bf16 the largest ratio to PyTorch's own bf16 error."""
+    out = []
+    for dtype in dict.fromkeys(r.parameters["dtype"] for r in rows):
+        rs = [r for r in rows if r.parameters["dtype"] == dtype]
+        worst = max(rs, key=lambda r: r.metrics["max_abs_err"])
+        out.append(f"{dtype}: largest kernel error {worst.metrics['max_abs_err']:.2e} "
+                   f"({worst.parameters['op']} {worst.parameters['tensor']})")
+        ratios = [(r.metrics["max_abs_err"] / r.metrics["reference_same_dtype_err"], r) for r in rs
+                  if r.metrics["reference_same_dtype_err"] > 0]
+        if ratios:
+            ratio, r = max(ratios, key=lambda x: x[0])
+            out.append(f"{dtype}: kernel error at most {ratio:.2f}x PyTorch's own {dtype} run of the reference "
+                       f"({r.parameters['op']} {r.parameters['tensor']})")
+    return out
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The run's rows (its summary row last) as the error table."""
+    summary = rows[-1]
+    lines = [f"# Kernel parity: max |kernel - fp32 reference| ({summary.parameters['device']}, "
+             f"{summary.parameters['tokens']} tokens, model shapes)", "", provenance_md(summary), ""]
+    lines += headlines_md(rows)
+    lines += ["| op | tensor | dtype | kernel error | reference in same dtype | max value |",
+              "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {p['op']} | {p['tensor']} | {p['dtype']} | {m['max_abs_err']:.2e} | "
+              f"{m['reference_same_dtype_err']:.2e} | {m['max_abs_value']:.3g} |"
+              for p, m in ((r.parameters, r.metrics) for r in rows[:-1])]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = measure(args.tokens, device)
-    lines = [f"# Kernel parity: max |kernel - fp32 reference| ({device}, {args.tokens} tokens, model shapes)", "",
-             "| op | tensor | dtype | kernel error | reference in same dtype | max value |", "|---|---|---|---:|---:|---:|"]
-    lines += [f"| {r['op']} | {r['tensor']} | {r['dtype']} | {r['max_abs_err']:.2e} | "
-              f"{r['reference_same_dtype_err']:.2e} | {r['max_abs_value']:.3g} |" for r in rows]
-    md = "\n".join(lines) + "\n"
-    write_results(args.out, f"parity_{device}", {"md": md, "json": json.dumps(rows, indent=1)})
+    st = stamp("parity", device)
+    rows = [st.row({k: r[k] for k in ("op", "tensor", "dtype")} | {"tokens": args.tokens, "device": device},
+                   {k: r[k] for k in METRICS}) for r in measure(args.tokens, device)]
+    rows.append(st.summary(headlines(rows), tokens=args.tokens, device=device))
+    md = to_markdown(rows)
+    write_rows(args.out, rows, md)
     print(md)
     return 0
 

@@ -8,28 +8,24 @@ memory; a larger card is capped with torch.cuda.set_per_process_memory_fraction)
 On a CPU: the torch-path rows and transformers on a small preset (fp32), the triton and Liger rows
 skipped (Triton's interpreter measures nothing).
 
-    python bench/train_step.py [--preset smollm2-135m] [--batch 16] [--seq 1024] [--steps 10] [--fit-gb 24]
-        # writes bench/results/train_step_<device>.{md,json}
+    python -m bench.train_step [--preset smollm2-135m] [--batch 16] [--seq 1024] [--steps 10] [--fit-gb 24]
+        # writes bench/results/train_step_<device-slug>.{jsonl,md}
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.measure import device_name, peak_extra_bytes, results_name, sync  # noqa: E402
-from bench.results_io import write_results  # noqa: E402
-from smollm.config import get_preset  # noqa: E402
-from smollm.metrics import mfu  # noqa: E402
-from smollm.model import SmolLM  # noqa: E402
+from bench.measure import peak_extra_bytes, sync
+from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows
+from smollm.config import get_preset
+from smollm.metrics import mfu
+from smollm.model import SmolLM
 
 ROWS = [  # (name, builder, kernels, compiled)
     ("ours, torch path, eager", "ours", "torch", False),
@@ -90,14 +86,13 @@ def batch(cfg, b, t, device, seed=0):
 
 
 def measure_row(name, builder, kernels, compiled, cfg, b, t, steps, device) -> dict:
-    row = {"method": name, "batch": b, "seq": t}
+    """The measured fields of one method (tokens_per_s, mfu, loss, memory), or {"skipped": reason}."""
+    row = {}
     if device.type == "cpu" and (kernels == "triton" or builder == "hf-liger"):
-        row["skipped"] = "CPU: Triton's interpreter checks correctness; its timings mean nothing"
-        return row
+        return {"skipped": "CPU: Triton's interpreter checks correctness; its timings mean nothing"}
     built = build(builder, kernels, cfg, device)
     if isinstance(built, str):
-        row["skipped"] = built
-        return row
+        return {"skipped": built}
     model, loss_fn = built
     step = step_fn(model, loss_fn, compiled, device)
     x, y = batch(cfg, b, t, device)
@@ -122,7 +117,7 @@ def measure_row(name, builder, kernels, compiled, cfg, b, t, steps, device) -> d
         else:
             row["peak_extra_mib"] = peak_extra_bytes(lambda: step(x, y), device) / 2 ** 20
     except torch.OutOfMemoryError:
-        row["skipped"] = "out of memory"
+        row = {"skipped": "out of memory"}
     finally:
         model = step = None  # free the model and optimizer state before the next row
         if device.type == "cuda":
@@ -163,6 +158,75 @@ def largest_batch(builder, kernels, cfg, t, device, limit_gb, candidates=(16, 24
     return best
 
 
+RATIOS = [  # (key, numerator method, denominator method)
+    ("triton_compiled_vs_torch_compiled", "ours, triton path, compiled", "ours, torch path, compiled"),
+    ("triton_compiled_vs_transformers_liger", "ours, triton path, compiled", "transformers + Liger, compiled"),
+    ("torch_compiled_vs_transformers_compiled", "ours, torch path, compiled", "transformers, compiled"),
+    ("torch_compiled_vs_torch_eager", "ours, torch path, compiled", "ours, torch path, eager"),
+]
+
+
+def summarize(rows: list[Row]) -> tuple[dict, list[str]]:
+    """The ratios between methods, and the headlines: those ratios, the fastest method, and the
+    largest micro-batch that fits."""
+    tps = {r.parameters["method"]: r.metrics.get("tokens_per_s") for r in rows}
+    ratios = {key: tps[a] / tps[b] for key, a, b in RATIOS if tps.get(a) and tps.get(b)}
+    heads = [f"training step: {k.replace('_', ' ')} {v:.2f}x" for k, v in ratios.items()]
+    ran = [r for r in rows if r.metrics.get("tokens_per_s")]
+    if ran:
+        best = max(ran, key=lambda r: r.metrics["tokens_per_s"])
+        p, m = best.parameters, best.metrics
+        heads.append(f"training step: fastest {p['method']}, {m['tokens_per_s']:,.0f} tokens/s"
+                     + (f", MFU {m['mfu']:.1%}" if m.get("mfu") else "")
+                     + f" at {p['batch']} x {p['seq']} ({p['preset']})")
+    heads += [f"largest micro-batch x {r.parameters['seq']} in {r.parameters['fit_gb']:g} GB, "
+              f"{r.parameters['method']}: {r.metrics['largest_batch']}" for r in rows if "largest_batch" in r.metrics]
+    return ratios, heads
+
+
+def to_markdown(rows: list[Row]) -> str:
+    """The run's rows (its summary row last) as the training-step table."""
+    summary, methods = rows[-1], rows[:-1]
+    s = summary.parameters
+    gpu = not summary.device.startswith("cpu")
+    fits = any("largest_batch" in r.metrics for r in methods)
+    eager = next((r.metrics.get("tokens_per_s") for r in methods
+                  if r.parameters["method"] == "ours, torch path, eager"), None)
+    mem_col = "peak MiB" if gpu else "peak extra MiB (one step)"
+    lines = [f"# Training step ({summary.device}, preset {s['preset']}, micro-batch {s['batch']} x {s['seq']}, "
+             f"{s['precision']})", "", provenance_md(summary), "",
+             f"One step = forward, loss, backward, AdamW; {s['steps']} timed steps after 3 warm-up steps (compilation "
+             "included there). MFU = FLOPs per token (PaLM/nanoGPT count) x tokens/s / the GPU's bf16 peak.", ""]
+    lines += headlines_md(rows)
+    lines += [f"| method | tokens/s | vs ours torch eager | MFU | {mem_col} | loss |"
+              + (f" largest micro-batch in {s['fit_gb']:g} GB |" if fits else ""),
+              "|---|---:|---:|---:|---:|---:|" + ("---:|" if fits else "")]
+    for r in methods:
+        m = r.metrics
+        if r.status == "ok":
+            mem = m.get("peak_mib", m.get("peak_extra_mib"))
+            cells = [f"{m['tokens_per_s']:,.0f}", f"{m['tokens_per_s'] / eager:.2f}x" if eager else "-",
+                     f"{m['mfu']:.1%}" if m.get("mfu") else "-", f"{mem:,.0f}", f"{m['loss']:.3f}"]
+        else:
+            cells = [f"skipped ({r.reason})", "", "", "", ""]
+        if fits:
+            cells.append(str(m.get("largest_batch", "-")))
+        lines.append(f"| {r.parameters['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_panel(ax, rows: list[Row]) -> None:
+    """bench/report.py's figure: tokens/s per method."""
+    summary = rows[-1]
+    ran = [r for r in rows[:-1] if r.metrics.get("tokens_per_s")][::-1]
+    ax.barh([r.parameters["method"] for r in ran], [r.metrics["tokens_per_s"] for r in ran], color="tab:blue")
+    for y, r in enumerate(ran):
+        ax.text(r.metrics["tokens_per_s"], y, f" {r.metrics['tokens_per_s']:,.0f}", va="center", fontsize=8)
+    ax.set_xlabel("tokens/s (higher is better)")
+    p = summary.parameters
+    ax.set_title(f"training step, {p['preset']}, {p['batch']} x {p['seq']}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default=None, help="default: smollm2-135m on a GPU, tiny on a CPU")
@@ -171,7 +235,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on a GPU, 5 on a CPU)")
     p.add_argument("--fit-gb", type=float, default=24.0, help="GPU: memory for the largest-micro-batch search")
     p.add_argument("--no-fit", action="store_true", help="GPU: skip the largest-micro-batch search")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
@@ -181,54 +245,28 @@ def main(argv=None):
     cfg = get_preset(preset)
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
-    rows = [measure_row(name, builder, kernels, compiled, cfg, b, t, steps, device)
-            for name, builder, kernels, compiled in ROWS]
+    st = stamp("train_step", device)
+    params = {"preset": preset, "batch": b, "seq": t, "steps": steps,
+              "precision": "bf16 autocast, fused AdamW" if gpu else "fp32, AdamW"}
+    measured = [(name, measure_row(name, builder, kernels, compiled, cfg, b, t, steps, device))
+                for name, builder, kernels, compiled in ROWS]
     fits = {}
     if gpu and not args.no_fit:
         for name, builder, kernels, compiled in ROWS:
             if compiled and builder != "hf":  # plain transformers is Liger-patched by now (process-wide)
                 fits[name] = largest_batch(builder, kernels, cfg, t, device, args.fit_gb)
                 print(f"{name:<34} largest micro-batch x {t} in {args.fit_gb:g} GB: {fits[name]}", flush=True)
-
-    def tps(name):
-        r = next(r for r in rows if r["method"] == name)
-        return r.get("tokens_per_s")
-
-    ratios = {}
-    tri, tc, hf, lg = (tps(n) for n in ("ours, triton path, compiled", "ours, torch path, compiled",
-                                        "transformers, compiled", "transformers + Liger, compiled"))
-    if tri and tc:
-        ratios["triton_compiled_vs_torch_compiled"] = tri / tc
-    if tri and lg:
-        ratios["triton_compiled_vs_transformers_liger"] = tri / lg
-    if tc and hf:
-        ratios["torch_compiled_vs_transformers_compiled"] = tc / hf
-    te = tps("ours, torch path, eager")
-    if tc and te:
-        ratios["torch_compiled_vs_torch_eager"] = tc / te
-    mem_col = "peak MiB" if gpu else "peak extra MiB (one step)"
-    lines = [f"# Training step ({device_name(device)}, preset {preset}, micro-batch {b} x {t}, "
-             f"{'bf16 autocast, fused AdamW' if gpu else 'fp32, AdamW'})", "",
-             f"One step = forward, loss, backward, AdamW; {steps} timed steps after 3 warm-up steps (compilation "
-             "included there). MFU = FLOPs per token (PaLM/nanoGPT count) x tokens/s / the GPU's bf16 peak.", "",
-             f"| method | tokens/s | vs ours torch eager | MFU | {mem_col} | loss |" + (" largest micro-batch in "
-                                                                                        f"{args.fit_gb:g} GB |" if fits else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if fits else "")]
-    for r in rows:
-        if "tokens_per_s" in r:
-            mem = r.get("peak_mib", r.get("peak_extra_mib"))
-            cells = [f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_s'] / te:.2f}x" if te else "-",
-                     f"{r['mfu']:.1%}" if r.get("mfu") else "-", f"{mem:,.0f}", f"{r['loss']:.3f}"]
-        else:
-            cells = [f"skipped ({r['skipped']})", "", "", "", ""]
-        if fits:
-            cells.append(str(fits.get(r["method"], "-")))
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    lines += [""] + [f"- {k.replace('_', ' ')}: **{v:.2f}x**" for k, v in ratios.items()] + [""]
-    md = "\n".join(lines)
-    summary = {"device": device_name(device), "preset": preset, "batch": b, "seq": t, "steps": steps,
-               "rows": rows, "largest_batch": fits, "fit_gb": args.fit_gb if fits else None, "ratios": ratios}
-    write_results(args.out, f"train_step_{results_name(device)}", {"md": md, "json": json.dumps(summary, indent=1)})
+    rows = []
+    for name, m in measured:
+        reason = m.pop("skipped", None)
+        if name in fits:
+            m["largest_batch"] = fits[name]
+        rows.append(st.row({"method": name, **params, **({"fit_gb": args.fit_gb} if name in fits else {})}, m,
+                           status="skipped" if reason else "ok", reason=reason))
+    ratios, heads = summarize(rows)
+    rows.append(st.summary(heads, ratios, **params, **({"fit_gb": args.fit_gb} if fits else {})))
+    md = to_markdown(rows)
+    write_rows(args.out, rows, md)
     print(md)
     return 0
 

@@ -3,8 +3,9 @@ torch.library custom op (with a fake implementation, so torch.compile(fullgraph=
 through it), and a plain-PyTorch reference beside it.
 
 This is the project's own `kernels` package, not Hugging Face's hub `kernels` (same top-level
-name on PyPI). It has no `__version__` and its distribution is `smollm-triton`, so transformers'
-`is_kernels_available()` stays False (tests/test_package.py checks it)."""
+name on PyPI). transformers' `is_kernels_available()` finds `kernels` installed by the distribution
+`smollm-triton` and reads that distribution's version, which is not one it accepts for the hub
+package, so it stays False (tests/test_package.py checks it)."""
 
 import os
 

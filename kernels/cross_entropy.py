@@ -199,7 +199,7 @@ def linear_cross_entropy_op(hidden: torch.Tensor, weight: torch.Tensor, targets:
             logits = torch.mm(h, w.t(), out=buffer[:end - start])  # (C, V), in the compute dtype
             _ce_rows[(end - start,)](logits, logits.stride(0), targets[start:end], loss_rows[start:end], n_valid, V,
                                      ignore_index, COMPUTE_GRAD=compute_grad, BLOCK_V=BLOCK_V, num_warps=8)
-            if compute_grad:  # logits now hold d loss / d logits
+            if compute_grad:  # the row kernel overwrote the logits with d loss / d logits
                 if grad_hidden.dtype == compute_dtype:
                     torch.mm(logits, w, out=grad_hidden[start:end])  # (C, D)
                 else:

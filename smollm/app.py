@@ -3,7 +3,7 @@
 Offline, on any of our checkpoints, a Hugging Face directory or the real SmolLM2 GGUF: a prompt box,
 the sampling controls, the text streamed token by token; and a tab that sends one prompt through
 every checkpoint of a run, side by side with their step and loss. Serves on 127.0.0.1 unless told
-otherwise. A model is loaded once and reused."""
+otherwise. A model is loaded once and reused; on a CPU it decodes with smollm.cpu_decode."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from collections import OrderedDict
 
 import gradio as gr
 
-from smollm.checkpoint import list_checkpoints
+from smollm.checkpoint import list_checkpoints, load
 from smollm.config import KERNEL_CHOICES
+from smollm.cpu_decode import cpu_decode
 from smollm.files import is_hub_id
-from smollm.generate import Sampling, compare_checkpoints, generate, resolve_source, text_so_far, tokenizer_for
+from smollm.generate import Sampling, generate, text_so_far
+from smollm.runs import is_run_dir
+from smollm.samples import compare_checkpoints
 from smollm.tokenizer import smollm2_gguf_path
 
 SMOLLM2 = "SmolLM2-135M-Instruct (GGUF, offline)"
@@ -37,13 +40,10 @@ class Models:
 
     def get(self, source: str):
         """(model, tokenizer, model lock) for a source (a run, a checkpoint, an HF dir, a .gguf)."""
-        from smollm.weights import load_model
-
         with self.lock:
             if source not in self.loaded:
-                path = resolve_source(source)
-                self.loaded[source] = (load_model(path, kernels=self.kernels).eval(), tokenizer_for(path),
-                                       threading.Lock())
+                model, tokenizer = load(source, kernels=self.kernels)
+                self.loaded[source] = (model.eval(), tokenizer, threading.Lock())
                 while len(self.loaded) > self.keep:
                     self.loaded.popitem(last=False)
             self.loaded.move_to_end(source)
@@ -55,7 +55,7 @@ def find_runs(patterns: list[str]) -> list[str]:
     runs = []
     for pattern in patterns:
         for path in sorted(glob.glob(pattern)) or [pattern]:
-            if os.path.isdir(os.path.join(path, "checkpoints")) and path not in runs:
+            if is_run_dir(path) and path not in runs:
                 runs.append(path)
     return runs
 
@@ -107,7 +107,7 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
 
     def work():
         try:
-            with lock:
+            with lock, cpu_decode(model, batch=1):
                 generate(model, [ids], int(max_new_tokens), sampling, eos_id=tok.eos_token_id,
                          on_token=lambda i, t: tokens.put(t))
         except Exception as e:  # shown to the user below, not as a stack trace
@@ -132,57 +132,61 @@ def compare_run(run: str, prompt: str, max_new_tokens, temperature, top_k, top_p
     """The Markdown table of one prompt through every checkpoint of a run."""
     if not prompt or not prompt.strip():
         raise gr.Error("Enter a prompt.")
-    if not run or not os.path.isdir(os.path.join(run, "checkpoints")):
+    if not run or not is_run_dir(run):
         raise gr.Error(f"{run or 'No run'} is not a run directory with checkpoints.")
     ckpts = [path for _, path in list_checkpoints(run)]
     if not ckpts:
         raise gr.Error(f"Run {run} has no checkpoints yet.")
     sampling = _sampling(temperature, top_k, top_p, 1.0, seed)
-    with open(os.devnull, "w") as quiet:
-        return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels, stream=quiet)
+    return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels)
+
+
+def _generate_tab(models: Models, choices: list[tuple[str, str]]) -> None:
+    with gr.Row():
+        model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model",
+                            allow_custom_value=True, elem_id="model")
+    prompt = gr.Textbox(label="Prompt", lines=3, value="def fibonacci(n):", elem_id="prompt")
+    with gr.Row():
+        max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
+        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+        top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+    with gr.Row():
+        top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
+        penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+        seed = gr.Number(value=0, precision=0, label="Seed")
+    button = gr.Button("Generate", variant="primary", elem_id="generate")
+    output = gr.Textbox(label="Text", lines=12, elem_id="output")
+
+    def on_generate(*inputs):
+        yield from stream_text(models, *inputs)
+
+    button.click(on_generate, [model, prompt, max_new, temperature, top_k, top_p, penalty, seed], output,
+                 api_name="generate")
+
+
+def _compare_tab(runs: list[str], kernels: str) -> None:
+    run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True, elem_id="run")
+    prompt = gr.Textbox(label="Prompt", value="def fibonacci(n):", elem_id="compare-prompt")
+    with gr.Row():
+        max_new = gr.Slider(1, 256, value=32, step=1, label="Max new tokens")
+        temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+        top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+        top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
+        seed = gr.Number(value=0, precision=0, label="Seed")
+    button = gr.Button("Compare", variant="primary", elem_id="compare")
+    table = gr.Markdown(elem_id="table")
+    button.click(lambda *a: compare_run(*a, kernels=kernels), [run, prompt, max_new, temperature, top_k, top_p, seed],
+                 table, api_name="compare")
 
 
 def build_app(runs: list[str], models: list[str], kernels: str = "torch") -> gr.Blocks:
-    cache = Models(kernels)
-    choices = model_choices(runs, models)
     with gr.Blocks(title="smollm-triton") as app:
         gr.Markdown("# smollm-triton\nContinue a prompt with one of this run's checkpoints or the real SmolLM2, "
                     "offline; or watch one prompt improve across a run's checkpoints.")
         with gr.Tab("Generate"):
-            with gr.Row():
-                model = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Model",
-                                    allow_custom_value=True, elem_id="model")
-            prompt = gr.Textbox(label="Prompt", lines=3, value="def fibonacci(n):", elem_id="prompt")
-            with gr.Row():
-                max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
-                temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)")
-                top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
-            with gr.Row():
-                top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
-                penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-                seed = gr.Number(value=0, precision=0, label="Seed")
-            button = gr.Button("Generate", variant="primary", elem_id="generate")
-            output = gr.Textbox(label="Text", lines=12, elem_id="output")
-            def on_generate(*inputs):
-                yield from stream_text(cache, *inputs)
-
-            button.click(on_generate,
-                         [model, prompt, max_new, temperature, top_k, top_p, penalty, seed], output,
-                         api_name="generate")
+            _generate_tab(Models(kernels), model_choices(runs, models))
         with gr.Tab("Compare checkpoints"):
-            run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
-                              elem_id="run")
-            cprompt = gr.Textbox(label="Prompt", value="def fibonacci(n):", elem_id="compare-prompt")
-            with gr.Row():
-                cmax = gr.Slider(1, 256, value=32, step=1, label="Max new tokens")
-                ctemp = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                ctopk = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
-                ctopp = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
-                cseed = gr.Number(value=0, precision=0, label="Seed")
-            cbutton = gr.Button("Compare", variant="primary", elem_id="compare")
-            table = gr.Markdown(elem_id="table")
-            cbutton.click(lambda *a: compare_run(*a, kernels=kernels), [run, cprompt, cmax, ctemp, ctopk, ctopp, cseed],
-                          table, api_name="compare")
+            _compare_tab(runs, kernels)
     return app
 
 

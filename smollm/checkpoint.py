@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -29,21 +30,56 @@ def set_rng_states(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str, model, trainer_state: dict, run_config_yaml: str, tokenizer=None,
-                    keep_trainer_states: int = 2) -> str:
-    """Write the checkpoint of trainer_state["step"] atomically, point `latest` at it, and drop the
-    optimizer states of all but the newest keep_trainer_states checkpoints (weights stay: they are
-    the record of the run that generate.py compares)."""
+@dataclass
+class TrainerState:
+    """Everything besides the weights that a resumed run needs to continue exactly. A checkpoint
+    writes to_dict() of it as trainer_state.pt; --resume reads it back with from_dict()."""
+
+    step: int  # optimizer steps done
+    tokens: int  # training tokens seen, all ranks together
+    seed: int  # the data order: the batch of step s depends only on (seed, s, rank)
+    world_size: int  # the global batch the data was cut for: world_size x micro_batch x grad_accum
+    micro_batch: int
+    grad_accum: int
+    optimizer: dict  # AdamW's state_dict()
+    scheduler: dict  # LambdaLR's state_dict()
+    rng: dict  # rng_states()
+    last_loss: float | None = None  # the loss of the latest step the host read
+    last_val_loss: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.micro_batch * self.grad_accum
+
+    def to_dict(self) -> dict:
+        # trainer_state.pt's keys: kept as they are so that existing checkpoints still resume.
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "step": self.step, "tokens": self.tokens,
+                "data": {"seed": self.seed, "next_step": self.step}, "rng": self.rng, "last_loss": self.last_loss,
+                "last_val_loss": self.last_val_loss, "world_size": self.world_size,
+                "micro_batch": self.micro_batch, "grad_accum": self.grad_accum}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainerState":
+        return cls(step=d["step"], tokens=d["tokens"], seed=d["data"]["seed"], world_size=d["world_size"],
+                   micro_batch=d["micro_batch"], grad_accum=d["grad_accum"], optimizer=d["optimizer"],
+                   scheduler=d["scheduler"], rng=d["rng"], last_loss=d.get("last_loss"),
+                   last_val_loss=d.get("last_val_loss"))
+
+
+def save_checkpoint(run_dir: str, model, state: TrainerState, run_config_yaml: str, tokenizer,
+                    keep_trainer_states: int) -> str:
+    """Write the checkpoint of state.step atomically, point `latest` at it, and drop the optimizer
+    states of all but the newest keep_trainer_states checkpoints (weights stay: they are the record
+    of the run that generate.py compares)."""
     run = Run(run_dir)
-    final = run.checkpoint(trainer_state["step"])
+    final = run.checkpoint(state.step)
     with atomic_dir(final, overwrite=True) as tmp:
         write_hf_files(model, tmp, tokenizer)
-        torch.save(trainer_state, os.path.join(tmp, TRAINER_STATE))
+        torch.save(state.to_dict(), os.path.join(tmp, TRAINER_STATE))
         # What the weights are, kept when trainer_state.pt is pruned (generate.py --checkpoints).
-        val = trainer_state.get("last_val_loss")
-        info = {"step": trainer_state["step"], "tokens": trainer_state.get("tokens"),
-                "loss": trainer_state.get("last_loss"),
-                "val_loss": val[1] if val and val[0] == trainer_state["step"] else None}
+        val = state.last_val_loss
+        info = {"step": state.step, "tokens": state.tokens, "loss": state.last_loss,
+                "val_loss": val[1] if val and val[0] == state.step else None}
         with open(os.path.join(tmp, CHECKPOINT_INFO), "w") as f:
             json.dump(info, f, indent=1)
         with open(os.path.join(tmp, RUN_CONFIG), "w") as f:
@@ -96,13 +132,40 @@ def resolve_resumable(path: str) -> str:
     return ckpt
 
 
-def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], dict, str]:
+def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, str]:
     """(model state dict, trainer state, run config YAML) of a checkpoint directory."""
-    state = read_safetensors(ckpt)
+    weights = read_safetensors(ckpt)
+    path = os.path.join(ckpt, TRAINER_STATE)
     try:
-        trainer_state = torch.load(os.path.join(ckpt, TRAINER_STATE), map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{os.path.join(ckpt, TRAINER_STATE)}: not a readable trainer state ({e})") from e
+        raise ValueError(f"{path}: not a readable trainer state ({e})") from e
+    try:
+        state = TrainerState.from_dict(saved)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a trainer state of this trainer (missing or malformed: {e})") from e
     with open(os.path.join(ckpt, RUN_CONFIG)) as f:
         run_config_yaml = f.read()
-    return state, trainer_state, run_config_yaml
+    return weights, state, run_config_yaml
+
+
+# ------------------------------------------- a model to use: generate.py, the app, the export --
+
+def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
+    """(model, tokenizer) of a model source: a run directory (its latest checkpoint), a checkpoint or
+    Hugging Face directory, a .gguf file or a hub id (smollm.weights.load_model). The tokenizer is
+    `tokenizer` when given, else the one saved beside the weights (a checkpoint, an export with its
+    tokenizer.json, a GGUF), else the default one (smollm.tokenizer.load_tokenizer)."""
+    from smollm import weights
+    from smollm.runs import is_run_dir
+    from smollm.tokenizer import load_tokenizer
+
+    source = os.fspath(source)
+    if is_run_dir(source):
+        ckpt = latest_checkpoint(source)
+        if ckpt is None:
+            raise FileNotFoundError(f"run {source} has no checkpoints yet")
+        source = ckpt
+    model = weights.load_model(source, kernels=kernels)
+    own = source.endswith(".gguf") or os.path.isfile(os.path.join(source, "tokenizer.json"))
+    return model, load_tokenizer(tokenizer or (source if own else None))

@@ -13,11 +13,11 @@ import shutil
 
 import yaml
 
-from smollm.checkpoint import latest_checkpoint
+from smollm.checkpoint import latest_checkpoint, load
 from smollm.files import atomic_dir
 from smollm.metrics import read_metrics
-from smollm.runs import CHECKPOINT_INFO, LOSS_PNG, RUN_CONFIG, Run
-from smollm.samples import read_samples
+from smollm.runs import LOSS_PNG, RUN_CONFIG, Run
+from smollm.samples import checkpoint_info, read_samples
 from smollm.weights import write_hf_files
 
 
@@ -46,20 +46,39 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
-def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, samples: list[dict],
-               n_params: int, has_plot: bool) -> str:
-    data = run_config.get("data", {})
-    sources = data.get("source") or []
-    sources = [str(x) for x in (sources if isinstance(sources, list) else [sources])]
-    source = ", ".join(sources)
-    hub = any(x in ("hf", "cosmopedia-v2") or "smollm-corpus" in x for x in sources)
-    datasets = ["HuggingFaceTB/smollm-corpus"] if hub else []
+def _f(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _front_matter(sources: list[str]) -> list[str]:
+    """The card's YAML header; the hub dataset named only when the run read it."""
     front = {"license": "apache-2.0", "library_name": "transformers", "pipeline_tag": "text-generation",
              "language": ["en"], "tags": ["smollm2", "llama", "pretrained-from-scratch", "smollm-triton"]}
-    if datasets:
-        front["datasets"] = datasets
-    f = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+    if any(x in ("hf", "cosmopedia-v2") or "smollm-corpus" in x for x in sources):
+        front["datasets"] = ["HuggingFaceTB/smollm-corpus"]
+    return ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+
+
+def _samples_section(samples: list[dict]) -> list[str]:
+    """One table per prompt: its continuation at every checkpoint."""
+    if not samples:
+        return []
+    lines = ["## Samples", "", "The same prompts and seed at every checkpoint of the run (from its samples.md).", ""]
+    for i, prompt in enumerate(samples[0]["prompts"]):
+        lines += [f"Prompt `{json.dumps(prompt, ensure_ascii=False)}`:", "",
+                  "| step | tokens | val loss | continuation |", "|---:|---:|---:|---|"]
+        for r in samples:
+            lines.append(f"| {r['step']:,} | {r['tokens']:,} | {_f(r.get('val_loss'), '.3f')} | "
+                         f"{_cell(prompt + r['texts'][i])} |")
+        lines.append("")
+    return lines
+
+
+def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, samples: list[dict],
+               n_params: int, has_plot: bool) -> str:
+    sources = run_config.get("data", {}).get("source") or []
+    sources = [str(x) for x in (sources if isinstance(sources, list) else [sources])]
+    lines = [*_front_matter(sources),
              f"# {name}", "",
              f"A SmolLM2-architecture model ({n_params:,} parameters) trained from scratch with "
              f"smollm-triton for {info.get('step', stats['steps']):,} steps, "
@@ -79,37 +98,35 @@ def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, 
              f"| MLP | SwiGLU, {cfg['intermediate_size']} |", f"| vocabulary | {cfg['vocab_size']:,} |",
              f"| context | {cfg['max_position_embeddings']:,} positions, RoPE theta {cfg.get('rope_theta', '-')} |",
              "", "## Training", "", "| | |", "|---|---|",
-             f"| checkpoint | step {f(info.get('step'), ',')} |",
-             f"| tokens seen | {f(info.get('tokens', stats['tokens']), ',')} |",
+             f"| checkpoint | step {_f(info.get('step'), ',')} |",
+             f"| tokens seen | {_f(info.get('tokens', stats['tokens']), ',')} |",
              f"| training time | {_duration(stats['train_seconds']) if stats['train_seconds'] else '-'} "
              "(optimizer steps only; evaluation and checkpoints excluded) |",
-             f"| throughput | {f(stats['tokens_per_s'], ',.0f')} tokens/s |"]
+             f"| throughput | {_f(stats['tokens_per_s'], ',.0f')} tokens/s |"]
     if stats.get("mfu"):
         lines.append(f"| MFU | {stats['mfu']:.1%} |")
-    lines += [f"| final train loss | {f(info.get('loss', stats['loss']), '.3f')} |",
-              f"| final validation loss | {f(info.get('val_loss', stats['val_loss']), '.3f')} |",
-              f"| data | {source or '-'} |", ""]
+    lines += [f"| final train loss | {_f(info.get('loss', stats['loss']), '.3f')} |",
+              f"| final validation loss | {_f(info.get('val_loss', stats['val_loss']), '.3f')} |",
+              f"| data | {', '.join(sources) or '-'} |", ""]
     if has_plot:
         lines += ["## Loss curve", "", f"![loss curve]({LOSS_PNG})", ""]
-    if samples:
-        prompts = samples[0]["prompts"]
-        lines += ["## Samples", "", "The same prompts and seed at every checkpoint of the run (from its samples.md).", ""]
-        for i, prompt in enumerate(prompts):
-            lines += [f"Prompt `{json.dumps(prompt, ensure_ascii=False)}`:", "",
-                      "| step | tokens | val loss | continuation |", "|---:|---:|---:|---|"]
-            for r in samples:
-                lines.append(f"| {r['step']:,} | {r['tokens']:,} | {f(r.get('val_loss'), '.3f')} | "
-                             f"{_cell(prompt + r['texts'][i])} |")
-            lines.append("")
-    lines += ["## Training configuration", "", "```yaml", yaml.safe_dump(run_config, sort_keys=False).strip(), "```", ""]
+    lines += _samples_section(samples)
+    lines += ["## Training configuration", "", "```yaml", yaml.safe_dump(run_config, sort_keys=False).strip(),
+              "```", ""]
     return "\n".join(lines)
+
+
+def _run_config(ckpt: str, run_dir: str) -> dict:
+    """The run's configuration as the checkpoint saved it, else the run's config.yaml."""
+    for path in (os.path.join(ckpt, RUN_CONFIG), Run(run_dir).config):
+        if os.path.isfile(path):
+            with open(path) as fh:
+                return yaml.safe_load(fh) or {}
+    return {}
 
 
 def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwrite: bool = False) -> str:
     """Write the model directory of the run's latest checkpoint (or `checkpoint`) to out_dir."""
-    from smollm.tokenizer import load_tokenizer
-    from smollm.weights import load_model
-
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     ckpt = checkpoint or latest_checkpoint(run_dir)
@@ -119,23 +136,12 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    model = load_model(ckpt)
-    tokenizer = load_tokenizer(ckpt)
-    cfg = model.config.to_hf_dict()
-    info = {}
-    if os.path.isfile(os.path.join(ckpt, CHECKPOINT_INFO)):
-        with open(os.path.join(ckpt, CHECKPOINT_INFO)) as fh:
-            info = json.load(fh)
-    run_config = {}
-    for path in (os.path.join(ckpt, RUN_CONFIG), Run(run_dir).config):
-        if os.path.isfile(path):
-            with open(path) as fh:
-                run_config = yaml.safe_load(fh) or {}
-            break
+    model, tokenizer = load(ckpt, tokenizer=ckpt)  # the checkpoint's own tokenizer, never a default
+    info = checkpoint_info(ckpt)
     samples = [r for r in read_samples(run_dir) if r["step"] <= info.get("step", float("inf"))]
     plot = Run(run_dir).loss_png
-    card = model_card(Run(run_dir).title, cfg, run_config, info, run_stats(run_dir),
-                      samples, model.num_params(), os.path.isfile(plot))
+    card = model_card(Run(run_dir).title, model.config.to_hf_dict(), _run_config(ckpt, run_dir), info,
+                      run_stats(run_dir), samples, model.num_params(), os.path.isfile(plot))
     with atomic_dir(out_dir, overwrite) as tmp:
         write_hf_files(model, tmp, tokenizer)
         if os.path.isfile(plot):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from kernels import cross_entropy, rmsnorm, rope, swiglu
 from smollm.config import KERNEL_CHOICES, ModelConfig
 
+
 def select_ops(name: str) -> SimpleNamespace:
     """The four fused ops, by implementation name."""
     if name == "torch":
@@ -31,39 +32,6 @@ def select_ops(name: str) -> SimpleNamespace:
         return SimpleNamespace(rms_norm=rmsnorm.rms_norm, add_rms_norm=rmsnorm.add_rms_norm, rope=rope.rope,
                                swiglu=swiglu.swiglu_packed, linear_cross_entropy=cross_entropy.linear_cross_entropy)
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict keys) that can pick another way to compute the
-    product on a CPU when only a few rows come in (decoding), where the BLAS speed depends more on
-    the call than on the bytes (see smollm.generate.tune_cpu_layout, which sets `cpu_kernel`):
-
-    - "linear": x W^T, as nn.Linear (the default, and the only one used for training);
-    - "w_xt":   (W x^T)^T, the same numbers up to summation order;
-    - "split":  W's two row halves as one batched product: ATen runs the halves on two threads,
-                where one M=1 MKL call uses one;
-    - "onednn": oneDNN with the weight prepacked for the batch (`packed`, a copy made by the tuner).
-    """
-
-    cpu_kernel = "linear"
-    packed: torch.Tensor | None = None
-
-    def forward(self, x):
-        kernel = self.cpu_kernel
-        if kernel == "linear":
-            return super().forward(x)
-        x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-        if kernel == "w_xt":
-            y = (self.weight @ x2.t()).t()  # (M, N)
-        elif kernel == "split":
-            N, K = self.weight.shape
-            y = torch.bmm(self.weight.view(2, N // 2, K), x2.t().expand(2, K, x2.shape[0]))  # (2, N/2, M)
-            y = y.permute(2, 0, 1).reshape(x2.shape[0], N)  # (M, N)
-        elif kernel == "onednn":
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, None, "none", [], "")  # (M, N)
-        else:
-            raise ValueError(f"unknown cpu_kernel {kernel!r}")
-        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def hf_split_keys(module: nn.Module, fused: str, parts: list[tuple[str, int]]) -> None:
@@ -125,8 +93,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         d, q, kv = cfg.hidden_size, self.n_head * self.head_dim, self.n_kv * self.head_dim
-        self.qkv_proj = Linear(d, q + 2 * kv, bias=False)  # q, k and v in one GEMM
-        self.o_proj = Linear(q, d, bias=False)
+        self.qkv_proj = nn.Linear(d, q + 2 * kv, bias=False)  # q, k and v in one GEMM
+        self.o_proj = nn.Linear(q, d, bias=False)
         hf_split_keys(self, "qkv_proj", [("q_proj", q), ("k_proj", kv), ("v_proj", kv)])
         self.ops = ops
         self.cache: KVCache | None = None
@@ -157,8 +125,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: SimpleNamespace):
         super().__init__()
         f = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * f, bias=False)  # gate and up in one GEMM
-        self.down_proj = Linear(f, cfg.hidden_size, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * f, bias=False)  # gate and up in one GEMM
+        self.down_proj = nn.Linear(f, cfg.hidden_size, bias=False)
         self.ops = ops
         hf_split_keys(self, "gate_up_proj", [("gate_proj", f), ("up_proj", f)])
 
@@ -202,7 +170,7 @@ class SmolLM(nn.Module):
         self.kernels = kernels
         self.ops = select_ops(kernels)
         self.model = Decoder(config, self.ops)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.lm_head.weight = self.model.embed_tokens.weight  # tied
         # Not persistent: the state dict holds exactly Hugging Face's keys.
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)  # (P, Dh)

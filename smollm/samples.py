@@ -1,15 +1,19 @@
 """The record of the text getting better: continuations of fixed prompts at every checkpoint, kept
-as samples.jsonl (the data) and samples.md (the same, to read)."""
+as samples.jsonl (the data) and samples.md (the same, to read); and, after the fact, one prompt
+through checkpoints of a run as a Markdown table (generate.py --checkpoints, the app)."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 
 import torch
 
+from smollm.checkpoint import load
 from smollm.files import atomic_write_bytes, read_jsonl
-from smollm.runs import Run
 from smollm.generate import Sampling, generate
+from smollm.runs import CHECKPOINT_INFO, Run
 
 
 @torch.no_grad()
@@ -19,9 +23,8 @@ def continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, tem
     sampling = Sampling(temperature=temperature, top_k=top_k, seed=seed)
     out = []
     for prompt in prompts:
-        # The training model keeps its weights' layout: a resumed run must compute exactly the same.
         new = generate(model, [tokenizer(prompt)["input_ids"]], max_new_tokens, sampling,
-                       eos_id=tokenizer.eos_token_id, tune_layout=False)[0]
+                       eos_id=tokenizer.eos_token_id)[0]
         out.append(tokenizer.decode(new))
     return out
 
@@ -48,18 +51,70 @@ def truncate_samples_after(run_dir: str, step: int, title: str) -> None:
         write_samples(run_dir, [r for r in records if r["step"] <= step], title)
 
 
-def _fmt_loss(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def samples_markdown(records: list[dict], title: str) -> str:
     lines = [f"# Samples: {title}", "",
              "Each prompt continued by the checkpoint of that step (same prompts and seed every time).", ""]
     for r in records:
-        lines += [f"## Step {r['step']:,} · {r['tokens']:,} tokens · train loss {_fmt_loss(r.get('loss'))} · "
-                  f"val loss {_fmt_loss(r.get('val_loss'))}", ""]
+        lines += [f"## Step {r['step']:,} · {r['tokens']:,} tokens · train loss {_fmt(r.get('loss'), '.3f')} · "
+                  f"val loss {_fmt(r.get('val_loss'), '.3f')}", ""]
         for prompt, text in zip(r["prompts"], r["texts"]):
             fence = "````" if "```" in prompt + text else "```"
             shown = json.dumps(prompt, ensure_ascii=False)  # newlines and spaces visible
             lines += [f"Prompt `{shown}`:", "", fence + "text", prompt + text, fence, ""]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------- one prompt through checkpoints --
+
+def checkpoint_info(ckpt: str) -> dict:
+    """step, tokens seen and losses of one of our checkpoints (empty for other models)."""
+    path = os.path.join(ckpt, CHECKPOINT_INFO)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
+
+
+def checkpoint_heading(info: dict) -> str:
+    return (f"step {_fmt(info.get('step'), ',')} · {_fmt(info.get('tokens'), ',')} tokens · "
+            f"loss {_fmt(info.get('loss'), '.3f')} · val loss {_fmt(info.get('val_loss'), '.3f')}")
+
+
+def compare_checkpoints(ckpts: list[str], prompt: str, max_new_tokens: int, sampling: Sampling,
+                        tokenizer: str | None = None, kernels: str = "torch",
+                        on_sample: Callable[[str, dict, str], None] | None = None) -> str:
+    """The same prompt and seed through each checkpoint: the Markdown table of the continuations.
+    on_sample(checkpoint, its checkpoint_info, continuation) is called as each one is done."""
+    rows = []
+    for ckpt in ckpts:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        info = checkpoint_info(ckpt)
+        model, tok = load(ckpt, kernels=kernels, tokenizer=tokenizer)
+        new = generate(model, [tok(prompt)["input_ids"]], max_new_tokens, sampling, eos_id=tok.eos_token_id)[0]
+        text = tok.decode(new, skip_special_tokens=True)
+        if on_sample is not None:
+            on_sample(ckpt, info, text)
+        rows.append((ckpt, info, text))
+    return comparison_markdown(rows, prompt, max_new_tokens, sampling)
+
+
+def comparison_markdown(rows: list[tuple[str, dict, str]], prompt: str, max_new_tokens: int,
+                        sampling: Sampling) -> str:
+    """rows: (checkpoint, its checkpoint_info, continuation)."""
+    s = sampling
+    how = "greedy" if s.temperature == 0 else (f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, "
+                                              f"seed {s.seed}")
+    lines = [f"Prompt `{json.dumps(prompt, ensure_ascii=False)}`, {max_new_tokens} new tokens, {how}"
+             + (f", repetition penalty {s.repetition_penalty}" if s.repetition_penalty != 1 else "") + ".", "",
+             "| step | tokens | train loss | val loss | continuation |", "|---:|---:|---:|---:|---|"]
+    for ckpt, info, text in rows:
+        cell = (prompt + text).replace("|", "\\|").replace("\n", "<br>")
+        step = _fmt(info.get("step"), ",") if info else os.path.basename(ckpt.rstrip("/"))
+        lines.append(f"| {step} | {_fmt(info.get('tokens'), ',')} | {_fmt(info.get('loss'), '.3f')} | "
+                     f"{_fmt(info.get('val_loss'), '.3f')} | {cell} |")
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,10 @@
 One process, or one per GPU under torchrun (DistributedDataParallel; rank 0 writes checkpoints and
 logs). Each optimizer step takes grad_accum micro-batches per rank; the batch of step s depends only
 on (seed, s, rank), so a resumed run sees exactly the batches it would have seen.
+
+setup() builds a Trainer (model, optimizer, scheduler, data, log, progress bar), restored from a
+checkpoint's TrainerState when resuming; train() is the loop over its steps, with logging,
+evaluation and checkpoints as methods of the Trainer.
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from smollm.checkpoint import (list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable, rng_states,
-                               save_checkpoint, set_rng_states)
+from tqdm import tqdm
+
+from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable,
+                               rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
+from smollm.files import atomic_write_text
 from smollm.metrics import MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
+from smollm.runs import Run
 from smollm.samples import add_samples, continuations, truncate_samples_after
 from smollm.schedule import lr_factor
 from smollm.train_config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
@@ -165,13 +173,13 @@ def optimizer_step(fwd, model, opt, micro, guard: NonFiniteGuard, step: int, gra
 
 
 @torch.no_grad()
-def evaluate(model, windows: TokenWindows, cfg: RunConfig, device: torch.device) -> float:
+def validation_loss(model, windows: TokenWindows, cfg: RunConfig, device: torch.device) -> float:
     """Mean loss over the same eval_batches x micro_batch validation windows every time."""
     batch = min(cfg.train.micro_batch, windows.n_windows)
     total, count = 0.0, 0
     for i in range(cfg.log.eval_batches):
         b = windows.get_batch(EVAL_SEED, i, batch)
-        x, y = b.x.to(device), b.y.to(device)
+        x, y = b.x.to(device), b.y.to(device)  # (batch, T)
         with autocast(device, cfg):
             loss = model(x, y)
         n = int((y != IGNORE_INDEX).sum())
@@ -212,196 +220,317 @@ class StopSignal:
             signal.signal(sig, old)
 
 
-# ------------------------------------------------------------------------------ the run --
+# ------------------------------------------------------------------------------ setup --
 
-def train(cfg: RunConfig, resume: str | None = None, stop_at_step: int | None = None) -> dict:
-    """Train (or resume) the run of cfg; returns a summary. stop_at_step: stop there as a signal
-    would (a checkpoint, then return) - for tests of interrupted runs."""
-    d = init_distributed(cfg.train.device)
-    device = pick_device(cfg.train.device, d)
-    resumed = None
-    if resume is not None:
-        ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume)
-        state, trainer_state, saved_yaml = load_checkpoint(ckpt)
-        resumed = ckpt
-    run_dir = cfg.log.out_dir
+def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> Run:
+    """The run directory and its dataset, made ready by rank 0 while the other ranks wait."""
+    run = Run(cfg.log.out_dir)
     if d.main:
-        if resume is None and list_checkpoints(run_dir):
-            raise FileExistsError(f"{run_dir} already holds a run with checkpoints; continue it with --resume, "
+        if resume is None and list_checkpoints(run.path):
+            raise FileExistsError(f"{run.path} already holds a run with checkpoints; continue it with --resume, "
                                   f"or choose another log.out_dir=...")
-        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(run.path, exist_ok=True)
         ensure_dataset(cfg)
     if d.world > 1:
         dist.barrier()
+    return run
 
-    meta = read_meta(cfg.data.path)
-    mcfg = cfg.model_config()
-    if meta["vocab_size"] > mcfg.vocab_size:
+
+def open_data(cfg: RunConfig, d: Dist) -> tuple[TokenWindows, TokenWindows | None]:
+    """The training and validation windows of data.path (None for validation when it has no split)."""
+    meta, vocab_size = read_meta(cfg.data.path), cfg.model_config().vocab_size
+    if meta["vocab_size"] > vocab_size:
         raise ConfigError(f"data.path: {cfg.data.path} has token ids up to {meta['vocab_size'] - 1}, but the model's "
-                          f"vocab_size is {mcfg.vocab_size}")
-    T, B, A = cfg.data.seq_len, cfg.train.micro_batch, cfg.train.grad_accum
-    train_windows = TokenWindows(cfg.data.path, "train", T, mcfg.vocab_size)
+                          f"vocab_size is {vocab_size}")
+    train_windows = TokenWindows(cfg.data.path, "train", cfg.data.seq_len, vocab_size)
     try:
-        val_windows = TokenWindows(cfg.data.path, "val", T, mcfg.vocab_size)
+        val_windows = TokenWindows(cfg.data.path, "val", cfg.data.seq_len, vocab_size)
     except ShardError as e:
         val_windows = None
         if d.main:
             print(f"warning: no validation loss for this run ({e})", flush=True)
-    tokenizer = None
-    if d.main:
-        from smollm.tokenizer import load_tokenizer
+    return train_windows, val_windows
 
-        from smollm.prepare import tokenizer_fingerprint
 
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
-        if meta.get("tokenizer_fingerprint") not in (None, tokenizer_fingerprint(tokenizer)):
-            raise ConfigError(f"data.tokenizer: {tokenizer.name_or_path!r} is not the tokenizer {cfg.data.path} was "
-                              f"prepared with ({meta.get('tokenizer')!r}); samples would decode to nonsense")
+def load_run_tokenizer(cfg: RunConfig):
+    """data.tokenizer, which the samples are decoded with: it must be the one data.path was prepared with."""
+    from smollm.prepare import tokenizer_fingerprint
+    from smollm.tokenizer import load_tokenizer
 
-    torch.manual_seed(cfg.train.seed)
-    model = SmolLM(mcfg, kernels=cfg.model.kernels).to(device)
-    model.train()
-    opt = make_optimizer(model, cfg, device)
-    max_steps = cfg.train.max_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, max_steps, cfg.schedule))
-    step, tokens, last_loss, last_val = 0, 0, None, None
-    if resumed:
-        load_state_checked(model, state, resumed)
-        opt.load_state_dict(trainer_state["optimizer"])
-        sched.load_state_dict(trainer_state["scheduler"])
-        step, tokens = trainer_state["step"], trainer_state["tokens"]
-        last_loss, last_val = trainer_state.get("last_loss"), trainer_state.get("last_val_loss")
-        set_rng_states(trainer_state["rng"])
-        if trainer_state["world_size"] * trainer_state["micro_batch"] * trainer_state["grad_accum"] != d.world * B * A:
-            print("warning: the global batch differs from the checkpoint's; the data order changes", flush=True)
+    meta = read_meta(cfg.data.path)
+    tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if meta.get("tokenizer_fingerprint") not in (None, tokenizer_fingerprint(tokenizer)):
+        raise ConfigError(f"data.tokenizer: {tokenizer.name_or_path!r} is not the tokenizer {cfg.data.path} was "
+                          f"prepared with ({meta.get('tokenizer')!r}); samples would decode to nonsense")
+    return tokenizer
 
-    ddp = None
-    fwd = model
+
+def restore(ckpt: str, weights: dict, state: TrainerState, model, opt, sched, cfg: RunConfig, d: Dist) -> None:
+    """A checkpoint's weights, optimizer, scheduler and RNG states over the freshly built ones."""
+    load_state_checked(model, weights, ckpt)
+    opt.load_state_dict(state.optimizer)
+    sched.load_state_dict(state.scheduler)
+    set_rng_states(state.rng)
+    if state.global_batch != d.world * cfg.train.micro_batch * cfg.train.grad_accum:
+        print("warning: the global batch differs from the checkpoint's; the data order changes", flush=True)
+
+
+def wrap(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
+    """(what a step calls, the DDP wrapper or None): DDP over several processes, then torch.compile."""
+    ddp, fwd = None, model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.model.compile:
         fwd = torch.compile(fwd)
-    amp = lambda: autocast(device, cfg)  # noqa: E731
+    return fwd, ddp
 
-    title = os.path.basename(os.path.abspath(run_dir))
+
+def open_log(cfg: RunConfig, run: Run, step: int) -> MetricsLog:
+    """metrics.jsonl and the samples cut back to `step` (a resumed run writes what came after its
+    checkpoint again), and config.yaml of this start."""
+    log = MetricsLog(run.path, cfg.log.tensorboard)
+    log.truncate_after(step)
+    truncate_samples_after(run.path, step, run.title)
+    atomic_write_text(run.config, cfg.to_yaml())
+    return log
+
+
+def banner(cfg: RunConfig, run: Run, d: Dist, device: torch.device, n_params: int, resumed: str | None,
+           step: int) -> str:
+    """The run's first console line: the model, where it runs, the batch."""
+    T, B, A = cfg.data.seq_len, cfg.train.micro_batch, cfg.train.grad_accum
+    return (f"run {run.path}: {n_params:,} parameters, {cfg.model.kernels} kernels"
+            f"{', compiled' if cfg.model.compile else ''}, {device}, {d.world} process(es); "
+            f"{B} x {A} x {d.world} sequences of {T} per step = {B * A * d.world * T:,} tokens"
+            + (f"; resumed from {resumed} at step {step}" if resumed else ""))
+
+
+# ------------------------------------------------------------------------------ the run --
+
+@dataclass
+class Meter:
+    """What the next log line reports, gathered since the last one: steps, their summed loss (on the
+    device: adding to it costs no host sync) and the time spent training (evaluations and
+    checkpoints left out)."""
+
+    loss_sum: torch.Tensor  # ()
+    steps: int = 0
+    busy: float = 0.0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.steps, self.busy = 0, 0.0
+
+
+@dataclass
+class Trainer:
+    """One process's part of a run, built by setup(). Every rank steps; rank 0 alone (d.main) has a
+    tokenizer and a metrics log, evaluates and writes checkpoints."""
+
+    cfg: RunConfig
+    run: Run
+    d: Dist
+    device: torch.device
+    model: SmolLM
+    fwd: torch.nn.Module  # what a step calls: the model, under DDP and/or compiled
+    ddp: torch.nn.Module | None
+    opt: torch.optim.AdamW
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loader: BatchLoader
+    val_windows: TokenWindows | None
+    tokenizer: object | None
+    log: MetricsLog | None
+    guard: NonFiniteGuard
+    stopper: StopSignal
+    bar: tqdm
+    step: int = 0  # optimizer steps done
+    tokens: int = 0
+    last_loss: float | None = None  # of the latest step the host read
+    last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+
+    def amp(self):
+        """The autocast context of one micro-batch's forward."""
+        return autocast(self.device, self.cfg)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.micro_batch * self.cfg.train.grad_accum * self.d.world * self.cfg.data.seq_len
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step on the next batch: (loss, gradient norm) on the device, and its LR."""
+        B, A = self.cfg.train.micro_batch, self.cfg.train.grad_accum
+        block = next(self.loader)  # (A * B, T)
+        micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
+        lr = self.sched.get_last_lr()[0]
+        loss, gnorm = optimizer_step(self.fwd, self.model, self.opt, micro, self.guard, self.step + 1,
+                                     self.cfg.optim.grad_clip, self.ddp, self.d.world, self.amp)
+        self.sched.step()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        self.bar.update(1)
+        return loss, gnorm, lr
+
+    def stop_requested(self, sync_step: bool) -> str | None:
+        """The signal that asked to stop after this step, or None. Under DDP every rank must stop at
+        the same step: they agree by an all-reduce, only at the steps where they sync anyway."""
+        reason = self.stopper.requested
+        if self.d.world == 1:
+            return reason
+        if not sync_step:
+            return None
+        flag = torch.tensor([reason is not None], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return reason or ("signal on another rank" if flag.item() else None)
+
+    def log_line(self, meter: Meter, lr: float, gnorm: torch.Tensor) -> None:
+        """The metrics of the steps since the last line (then meter starts over)."""
+        tps = meter.steps * self.tokens_per_step / meter.busy
+        u = mfu(tps, self.model.config, self.cfg.data.seq_len, self.device)
+        # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
+        record = {"step": self.step, "tokens": self.tokens, "loss": meter.loss_sum.item() / meter.steps, "lr": lr,
+                  "grad_norm": gnorm.item(), "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(self.device),
+                  "seconds_per_step": meter.busy / meter.steps}
+        meter.reset()
+        if not self.d.main:
+            return
+        self.log.write(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
+        self.bar.write(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+                       f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
+                       + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
+
+    def evaluate(self) -> None:
+        """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
+        if not self.d.main or self.val_windows is None:
+            return
+        v = validation_loss(self.model, self.val_windows, self.cfg, self.device)
+        self.model.train()
+        self.last_val = (self.step, v)
+        self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
+        self.bar.write(f"step {self.step:>6} | val loss {v:.4f}")
+
+    def state(self) -> TrainerState:
+        """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
+        c = self.cfg
+        return TrainerState(step=self.step, tokens=self.tokens, seed=c.train.seed, world_size=self.d.world,
+                            micro_batch=c.train.micro_batch, grad_accum=c.train.grad_accum,
+                            optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states(),
+                            last_loss=self.last_loss, last_val_loss=self.last_val)
+
+    def save(self) -> None:
+        """A checkpoint of this step, then the fixed prompts continued by its weights (rank 0)."""
+        if not self.d.main:
+            return
+        c = self.cfg
+        path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
+                               keep_trainer_states=c.log.keep_trainer_states)
+        s = c.sample
+        texts = continuations(self.model, self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
+        self.model.train()
+        val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
+        add_samples(self.run.path, {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
+                                    "val_loss": val, "prompts": s.prompts, "texts": texts}, self.run.title)
+        self.bar.write(f"checkpoint {path}")
+
+    def summary(self, stopped: str | None) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
+                "val_loss": self.last_val[1] if self.last_val else None, "stopped": stopped, "run_dir": self.run.path}
+
+    def close(self) -> None:
+        self.loader.close()
+        self.stopper.restore()
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+
+
+def setup(cfg: RunConfig, resume: str | None) -> Trainer:
+    """The Trainer of cfg's run: its dataset (prepared on first use), the model from the seed, then,
+    when resuming, the checkpoint's weights, optimizer, scheduler and RNG states over it."""
+    d = init_distributed(cfg.train.device)
+    device = pick_device(cfg.train.device, d)
+    ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
+    saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
+    run = start_run_dir(cfg, d, resume)
+    train_windows, val_windows = open_data(cfg, d)
+    tokenizer = load_run_tokenizer(cfg) if d.main else None
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights, the same on every rank
+    model = SmolLM(cfg.model_config(), kernels=cfg.model.kernels).to(device)
+    model.train()
+    opt = make_optimizer(model, cfg, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.train.max_steps, cfg.schedule))
+    state = None
+    if saved:
+        weights, state, _ = saved
+        restore(ckpt, weights, state, model, opt, sched, cfg, d)
+    step = state.step if state else 0
+    fwd, ddp = wrap(model, cfg, d, device)
+
     log = None
     if d.main:
-        log = MetricsLog(run_dir, cfg.log.tensorboard)
-        log.truncate_after(step)  # a resumed run writes what came after its checkpoint again
-        truncate_samples_after(run_dir, step, title)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            f.write(cfg.to_yaml())
-        print(f"run {run_dir}: {mcfg.n_params:,} parameters, {cfg.model.kernels} kernels"
-              f"{', compiled' if cfg.model.compile else ''}, {device}, {d.world} process(es); "
-              f"{B} x {A} x {d.world} sequences of {T} per step = {B * A * d.world * T:,} tokens"
-              + (f"; resumed from {resumed} at step {step}" if resumed else ""), flush=True)
-
-    tokens_per_step = B * A * d.world * T
-
-    def checkpoint():
-        if not d.main:
-            return
-        trainer_state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                         "tokens": tokens, "data": {"seed": cfg.train.seed, "next_step": step},
-                         "rng": rng_states(), "last_loss": last_loss, "last_val_loss": last_val,
-                         "world_size": d.world, "micro_batch": B, "grad_accum": A}
-        path = save_checkpoint(run_dir, model, trainer_state, cfg.to_yaml(), tokenizer=tokenizer,
-                               keep_trainer_states=cfg.log.keep_trainer_states)
-        texts = continuations(model, tokenizer, cfg.sample.prompts, cfg.sample.max_new_tokens,
-                              cfg.sample.temperature, cfg.sample.top_k, cfg.sample.seed)
-        model.train()
-        add_samples(run_dir, {"step": step, "tokens": tokens, "loss": last_loss,
-                              "val_loss": last_val[1] if last_val and last_val[0] == step else None,
-                              "prompts": cfg.sample.prompts, "texts": texts}, title)
-        bar.write(f"checkpoint {path}")
-
-    def run_eval():
-        nonlocal last_val
-        if d.main and val_windows is not None:
-            v = evaluate(model, val_windows, cfg, device)
-            model.train()
-            last_val = (step, v)
-            log.write({"step": step, "tokens": tokens, "val_loss": v})
-            bar.write(f"step {step:>6} | val loss {v:.4f}")
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not d.main, dynamic_ncols=True)
+        log = open_log(cfg, run, step)
+        print(banner(cfg, run, d, device, model.config.n_params, ckpt, step), flush=True)
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=not d.main,
+               dynamic_ncols=True)
     stopper = StopSignal()
-    loader = BatchLoader(train_windows, B * A, cfg.train.seed, start_step=step, rank=d.rank, world_size=d.world,
-                         device=device)
-    stop_reason = None
+    loader = BatchLoader(train_windows, cfg.train.micro_batch * cfg.train.grad_accum, cfg.train.seed,
+                         start_step=step, rank=d.rank, world_size=d.world, device=device)
+    return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
+                   loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
+                   guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, step=step,
+                   tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
+                   last_val=state.last_val_loss if state else None)
+
+
+def train(cfg: RunConfig, resume: str | None = None) -> dict:
+    """Train the run of cfg, or resume it ("latest": from log.out_dir; or a run directory or a
+    checkpoint); returns a summary. The host reads the device only at log, eval, checkpoint and
+    stop steps: an ordinary step queues its work and goes on to the next."""
+    t = setup(cfg, resume)
+    max_steps = cfg.train.max_steps
+    stopped = None
     try:
-        if step == 0:
-            run_eval()
-        # Since the last log line: training time (no eval, no checkpoint), steps, summed loss (on the device).
-        busy, steps_last, loss_acc = 0.0, 0, torch.zeros((), device=device)
-        guard = NonFiniteGuard(device, run_dir)
-        while step < max_steps:
+        if t.step == 0:
+            t.evaluate()
+        meter = Meter(torch.zeros((), device=t.device))
+        while t.step < max_steps:
             t0 = time.perf_counter()
-            block = next(loader)  # (A * B, T)
-            micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
-            lr = sched.get_last_lr()[0]
-            loss, gnorm = optimizer_step(fwd, model, opt, micro, guard, step + 1, cfg.optim.grad_clip, ddp, d.world, amp)
-            sched.step()
-            step += 1
-            tokens += tokens_per_step
-            steps_last += 1
-            loss_acc += loss
-            bar.update(1)
-            stop_reason = stopper.requested or ("stop_at_step" if stop_at_step == step else None)
-            log_now, eval_now = step % cfg.log.log_every == 0 or step == max_steps, step % cfg.log.eval_every == 0
-            ckpt_now = step % cfg.log.ckpt_every == 0 or step == max_steps
-            if d.world > 1 and (log_now or ckpt_now):
-                # Every rank stops at the same step; checked where the ranks sync anyway.
-                flag = torch.tensor([stop_reason is not None], dtype=torch.int32, device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop_reason = stop_reason or ("signal on another rank" if flag.item() else None)
-            elif d.world > 1:
-                stop_reason = None
-            if not (log_now or eval_now or ckpt_now or stop_reason):
-                busy += time.perf_counter() - t0  # no host sync: the GPU may still be running this step
+            loss, gnorm, lr = t.train_step()
+            meter.add(loss)
+            step, last = t.step, t.step == max_steps
+            log_now = step % cfg.log.log_every == 0 or last
+            eval_now = step % cfg.log.eval_every == 0 or last
+            ckpt_now = step % cfg.log.ckpt_every == 0 or last
+            stopped = t.stop_requested(sync_step=log_now or ckpt_now)
+            if not (log_now or eval_now or ckpt_now or stopped):
+                meter.busy += time.perf_counter() - t0  # no host sync: the device may still be running this step
                 continue
-            guard.check()  # the host waits for the GPU here, and only here
-            last_loss = loss.item()
-            busy += time.perf_counter() - t0
+            t.guard.check()  # the host waits for the device here, and only here
+            t.last_loss = loss.item()
+            meter.busy += time.perf_counter() - t0
             if log_now:
-                tps = steps_last * tokens_per_step / busy
-                u = mfu(tps, mcfg, T, device)
-                # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
-                record = {"step": step, "tokens": tokens, "loss": loss_acc.item() / steps_last, "lr": lr,
-                          "grad_norm": gnorm.item(),
-                          "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(device),
-                          "seconds_per_step": busy / steps_last}
-                busy, steps_last = 0.0, 0
-                loss_acc.zero_()
-                if d.main:
-                    log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
-                    bar.write(f"step {step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
-                              f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
-                              + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
-            if eval_now or step == max_steps:
-                run_eval()
-            if ckpt_now or stop_reason:
-                checkpoint()
-            if stop_reason:
-                bar.write(f"stopped at step {step} ({stop_reason}); continue with --resume")
+                t.log_line(meter, lr, gnorm)
+            if eval_now:
+                t.evaluate()
+            if ckpt_now or stopped:
+                t.save()
+            if stopped:
+                t.bar.write(f"stopped at step {step} ({stopped}); continue with --resume")
                 break
     finally:
-        loader.close()
-        stopper.restore()
-        bar.close()
-        if log is not None:
-            log.close()
-    if d.main:
+        t.close()
+    if t.d.main:
         from smollm.plot import plot_run
 
-        print(f"loss curve: {plot_run(run_dir)}", flush=True)
-    return {"step": step, "tokens": tokens, "loss": last_loss, "val_loss": last_val[1] if last_val else None,
-            "stopped": stop_reason, "run_dir": run_dir}
+        print(f"loss curve: {plot_run(t.run.path)}", flush=True)
+    return t.summary(stopped)
 
 
 # ------------------------------------------------------------------------------ CLI --
@@ -416,34 +545,37 @@ def default_config() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT_CONFIG)
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "plot":
-        p = argparse.ArgumentParser(prog="train.py plot", description="Draw a run's loss curve (loss.png).")
-        p.add_argument("run", help="run directory (holds metrics.jsonl)")
-        p.add_argument("--out", default=None, help="PNG path (default: RUN/loss.png)")
-        args = p.parse_args(argv[1:])
-        from smollm.plot import plot_run
+def plot_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="train.py plot", description="Draw a run's loss curve (loss.png).")
+    p.add_argument("run", help="run directory (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/loss.png)")
+    args = p.parse_args(argv)
+    from smollm.plot import plot_run
 
-        print(plot_run(args.run, args.out))
-        return 0
-    if argv and argv[0] == "export":
-        p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
-                                    "with a model card written from the run (smollm/export.py).")
-        p.add_argument("run", help="run directory")
-        p.add_argument("out", help="output directory")
-        p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
-        p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-        args = p.parse_args(argv[1:])
-        from smollm.export import export_run
+    print(plot_run(args.run, args.out))
+    return 0
 
-        try:
-            out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
-        except (FileNotFoundError, FileExistsError) as e:
-            print(f"train.py export: error: {e}", file=sys.stderr)
-            return 2
-        print(f"exported {out} (model.safetensors, config.json, tokenizer, README.md model card)")
-        return 0
+
+def export_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
+                                "with a model card written from the run (smollm/export.py).")
+    p.add_argument("run", help="run directory")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    args = p.parse_args(argv)
+    from smollm.export import export_run
+
+    try:
+        out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"train.py export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {out} (model.safetensors, config.json, tokenizer, README.md model card)")
+    return 0
+
+
+def train_command(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch.",
                                 epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200; "
                                        "other commands: train.py plot RUN, train.py export RUN OUT")
@@ -473,6 +605,14 @@ def main(argv=None) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"plot": plot_command, "export": export_command}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return train_command(argv)
 
 
 if __name__ == "__main__":

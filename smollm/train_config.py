@@ -262,19 +262,16 @@ def from_dict(data: dict, source: str = "config") -> RunConfig:
                         for name, tp in types_.items()})
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
-    """The YAML file at path (None: every default), then `section.key=value` overrides, validated."""
-    data = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path} does not exist")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    cfg = from_dict(data, path or "config")
-    return apply_overrides(cfg, overrides).validate()
+def load_config(path: str, overrides: list[str] = ()) -> RunConfig:
+    """The YAML file at path, then `section.key=value` overrides, validated."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return apply_overrides(from_dict(data, path), overrides).validate()
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:

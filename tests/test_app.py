@@ -9,8 +9,9 @@ import pytest
 
 from conftest import micro_run_overrides
 from smollm.app import build_app
-from smollm.generate import Sampling, generate, tokenizer_for
-from smollm.weights import load_model
+from smollm.checkpoint import load
+from smollm.cpu_decode import cpu_decode
+from smollm.generate import Sampling, generate
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -41,8 +42,9 @@ def served(run):
 
 
 def _expected(ckpt, prompt, n, sampling):
-    model, tok = load_model(ckpt).eval(), tokenizer_for(ckpt)
-    new = generate(model, [tok(prompt)["input_ids"]], n, sampling, eos_id=tok.eos_token_id)[0]
+    model, tok = load(ckpt)
+    with cpu_decode(model, batch=1):  # as the app decodes
+        new = generate(model, [tok(prompt)["input_ids"]], n, sampling, eos_id=tok.eos_token_id)[0]
     return prompt + tok.decode(new, skip_special_tokens=True)
 
 
@@ -87,7 +89,7 @@ def test_compare_tab_lists_every_checkpoint(served, run):
 
 def test_in_a_headless_browser(served, run, tmp_path):
     """Chromium types a prompt, presses Generate and reads the streamed text; the screenshot goes to
-    $SMOLLM_SCREENSHOT (the README's bench/results/app.png) or the test's temporary directory."""
+    $SMOLLM_SCREENSHOT (the README's docs/app.png) or the test's temporary directory."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./setup.sh --browser installs Debian's "
                     "chromium and chromium-driver")

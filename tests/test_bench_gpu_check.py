@@ -1,7 +1,7 @@
 """bench/gpu_check.py, the GPU check, run on the CPU: every branch that does not need a GPU runs here, end
-to end, at tiny sizes (one layer of the tiny preset, 2 x 32 tokens, one timed step)."""
+to end, at tiny sizes (one layer of the tiny preset, 2 x 32 tokens, one timed step). Its record is
+bench/results' convention: gpu_check_<device-slug>.jsonl of Rows, the summary row last, and a .md."""
 
-import json
 import math
 import os
 import subprocess
@@ -10,11 +10,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
-if ROOT not in sys.path:
+if ROOT not in sys.path:  # `pytest` (not `python -m pytest`) puts tests/ first, not the repository
     sys.path.insert(0, ROOT)
 
-from bench import gpu_check  # noqa: E402
+from bench import gpu_check, results  # noqa: E402
 
 TINY = ["--preset", "tiny", "--layers", "1", "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "1",
         "--gemm-n", "256", "--copy-mib", "8", "--op-tokens", "256"]
@@ -24,15 +23,24 @@ HEAVY = ("datasets", "gguf", "gradio", "liger_kernel", "matplotlib")
 
 def run_script(out, *args, timeout=900):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run([sys.executable, SCRIPT, "--out", str(out), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(out), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_record(out):
+    """The run's Rows (the summary row last, and only there) and its Markdown."""
+    (path,) = [p for p in out.iterdir() if p.suffix == ".jsonl"]
+    assert path.name == f"gpu_check_{results.device_slug(results.device_name('cpu'))}.jsonl"
+    rows = results.read_rows(str(path))
+    assert rows[-1].is_summary and not any(r.is_summary for r in rows[:-1])
+    assert all(r.benchmark == "gpu_check" for r in rows)
+    return rows, path.with_suffix(".md").read_text()
 
 
 def read_rows(out):
-    (path,) = [p for p in out.iterdir() if p.name.startswith("gpu_") and p.suffix == ".jsonl"]
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    md = path.with_suffix(".md").read_text()
-    return rows, md
+    """The measured rows, flat (parameters, metrics, status, reason and the stamp in one dict), and the Markdown."""
+    rows, md = read_record(out)
+    return [{**r.flat(), "commit": r.commit, "device": r.device, "time": r.time, **r.versions} for r in rows[:-1]], md
 
 
 def test_check_end_to_end_on_cpu(tmp_path):
@@ -77,6 +85,10 @@ def test_check_end_to_end_on_cpu(tmp_path):
         assert ops[op, "triton"]["reason"].startswith("CPU: interpreter")
     assert "of the measured copy bandwidth" in md and "3 GEMMs' time at the measured GEMM rate" in md
 
+    summary = read_record(tmp_path)[0][-1]
+    assert summary.metrics["rows"] == len(rows) and summary.metrics["errors"] == 0
+    assert summary.headlines == gpu_check.headlines(rows) and all(f"- {h}" in md for h in summary.headlines)
+
 
 def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     # An op that does not exist fails while its inputs are built; the op after it and section (e) still
@@ -92,7 +104,7 @@ def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     assert rows[0]["status"] == "ok" and rows[0]["model"].startswith("an eager triton-path model")
     assert all(rows[0]["families"][f]["ms"] > 0 for f in gpu_check.OUR_FAMILIES)
     (bad,) = [r for r in rows if r["status"] == "error"]
-    assert bad["name"] == "bogus" and bad["error"].startswith("ValueError: unknown op 'bogus'") and bad["traceback"]
+    assert bad["name"] == "bogus" and bad["reason"].startswith("ValueError: unknown op 'bogus'") and bad["traceback"]
     after = [r for r in rows if r["section"] == "d" and r.get("op") == extra[0]]
     assert [r["impl"] for r in after] == ["eager", "compiled", "triton", "liger"]
     assert after[0]["status"] == after[1]["status"] == "ok"
@@ -116,7 +128,7 @@ def test_parity_tests_run_under_pytest(tmp_path):
     assert row["status"] == "ok" and row["returncode"] == 0 and "2 passed" in row["summary"]
     assert gpu_check.main(["--out", str(tmp_path / "bad"), *args, "--parity-tests", str(tests)]) == 1
     (row,) = read_rows(tmp_path / "bad")[0]
-    assert row["status"] == "error" and "1 failed, 2 passed" in row["error"]
+    assert row["status"] == "error" and "1 failed, 2 passed" in row["reason"]
 
 
 def test_zero_budget_skips_every_row_and_still_writes(tmp_path):
@@ -195,6 +207,16 @@ def test_summarize_profile():
                              "other": {"ms": 0.1, "share": 0.1}}
 
 
+@pytest.mark.parametrize("name,slug", [
+    ("cpu (2 cores)", "cpu"), ("NVIDIA A10G", "a10g"), ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA H100 PCIe", "h100"), ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+    ("Tesla T4", "t4"),
+])
+def test_results_file_names_the_device_by_its_model(name, slug):
+    assert results.device_slug(name) == slug
+    assert results.results_path("out", "gpu_check", name, "jsonl") == os.path.join("out", f"gpu_check_{slug}.jsonl")
+
+
 def test_import_pulls_in_no_heavy_module():
     code = f"import bench.gpu_check, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
@@ -226,8 +248,8 @@ def test_profiled_times_gpu_branch_reads_real_profiler_fields():
 
 def test_markdown_of_gpu_rows():
     # What an H100 run's rows look like (made up numbers), through the same rendering as a real run.
-    st = {"commit": "abc1234", "device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0",
-          "python": "3.12.3", "time": "t"}
+    st = results.Stamp("gpu_check", "NVIDIA H100 80GB HBM3", "abc1234",
+                       {"torch": "2.11.0", "triton": "3.6.0", "python": "3.12.3"})
     tri = {"tokens_per_s": 500_000.0, "mfu_nominal": 0.41, "mfu_measured": 0.55, "first_step_s": 80.0,
            "warmup_s": 84.0, "warmup_steps": 3, "step_ms": 33.0, "peak_mib": 20_000.0, "loss": 10.9, "seconds": 90.0}
     rows = [
@@ -238,7 +260,7 @@ def test_markdown_of_gpu_rows():
         {"section": "b", "name": "ours, triton path, compiled", "status": "ok", "preset": "smollm2-135m", "layers": 30,
          "batch": 16, "seq": 1024, "precision": "bf16 autocast", "optimizer": "AdamW(fused=True)", **tri},
         {"section": "b", "name": "ours, torch path, compiled", "status": "ok", **tri, "tokens_per_s": 400_000.0},
-        {"section": "b", "name": "transformers, compiled", "status": "error", "error": "OutOfMemoryError: CUDA out"},
+        {"section": "b", "name": "transformers, compiled", "status": "error", "reason": "OutOfMemoryError: CUDA out"},
         {"section": "c", "name": "one triton-path step", "status": "ok", "model": "the compiled triton-path model",
          "metric": "CUDA kernel time", "tokens": 16384, **gpu_check.summarize_profile(
              [("nvjet_hsh_128x256", 20_000.0, 300), ("_ce_rows", 3000.0, 8), ("_rope_kernel", 1000.0, 60)])},

@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from smollm.checkpoint import (TRAINER_STATE, latest_checkpoint, list_checkpoints, load_checkpoint,
+import smollm.checkpoint as C
+from smollm.checkpoint import (TRAINER_STATE, TrainerState, latest_checkpoint, list_checkpoints, load_checkpoint,
                                resolve_resumable, rng_states, save_checkpoint, set_rng_states)
 from smollm.config import get_preset
 from smollm.model import SmolLM
@@ -15,16 +16,24 @@ def model():
     return SmolLM(get_preset("tiny"))
 
 
-def _save(run, model, step, keep=2):
+def _state(model, step) -> TrainerState:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    state = {"optimizer": opt.state_dict(), "step": step, "tokens": step * 10, "rng": rng_states()}
-    return save_checkpoint(str(run), model, state, "train:\n  max_steps: 9\n", keep_trainer_states=keep)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return TrainerState(step=step, tokens=step * 10, seed=1337, world_size=1, micro_batch=4, grad_accum=2,
+                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_states(),
+                        last_loss=2.5, last_val_loss=(step, 2.75))
 
 
-def test_round_trip_latest_and_pruning(tmp_path, model):
+def _save(run, model, tokenizer, step, state=None):
+    return save_checkpoint(str(run), model, state or _state(model, step), "train:\n  max_steps: 9\n",
+                           tokenizer=tokenizer, keep_trainer_states=2)
+
+
+def test_round_trip_latest_and_pruning(tmp_path, model, tokenizer):
     run = tmp_path / "run"
+    want = _state(model, 3)
     for step in (1, 2, 3):
-        _save(run, model, step)
+        _save(run, model, tokenizer, step, want if step == 3 else None)
     assert [s for s, _ in list_checkpoints(str(run))] == [1, 2, 3]
     assert latest_checkpoint(str(run)).endswith("step_000003")
     assert resolve_resumable(str(run)).endswith("step_000003")
@@ -32,7 +41,12 @@ def test_round_trip_latest_and_pruning(tmp_path, model):
     have_state = [os.path.exists(os.path.join(d, TRAINER_STATE)) for _, d in list_checkpoints(str(run))]
     assert have_state == [False, True, True]
     state, trainer_state, yaml_text = load_checkpoint(latest_checkpoint(str(run)))
-    assert trainer_state["step"] == 3 and "max_steps: 9" in yaml_text
+    for name in ("step", "tokens", "seed", "world_size", "micro_batch", "grad_accum", "last_loss", "last_val_loss",
+                 "scheduler"):
+        assert getattr(trainer_state, name) == getattr(want, name), name
+    assert trainer_state.optimizer["param_groups"] == want.optimizer["param_groups"]
+    assert torch.equal(trainer_state.rng["torch"], want.rng["torch"])
+    assert "max_steps: 9" in yaml_text
     for k, v in model.state_dict().items():
         if k != "lm_head.weight":
             assert torch.equal(state[k], v), k
@@ -41,28 +55,84 @@ def test_round_trip_latest_and_pruning(tmp_path, model):
     assert not [n for n in os.listdir(run / "checkpoints") if n.startswith(".")]  # no temporary leftovers
 
 
-def test_checkpoint_loads_in_transformers(tmp_path, model):
-    from transformers import AutoModelForCausalLM
+def test_trainer_state_keeps_the_keys_existing_checkpoints_have(tmp_path, model):
+    """trainer_state.pt's keys are a file format: every checkpoint on disk holds exactly these, and
+    must resume."""
+    d = _state(model, 7).to_dict()
+    assert set(d) == {"optimizer", "scheduler", "step", "tokens", "data", "rng", "last_loss", "last_val_loss",
+                      "world_size", "micro_batch", "grad_accum"}
+    assert d["data"] == {"seed": 1337, "next_step": 7}
+    del d["last_loss"], d["last_val_loss"]  # optional on disk: from_dict reads them with .get
+    state = TrainerState.from_dict(d)
+    assert (state.step, state.seed, state.global_batch, state.last_loss) == (7, 1337, 8, None)
 
-    path = _save(tmp_path / "run", model, 5)
+
+def test_checkpoint_loads_in_transformers(tmp_path, model, tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _save(tmp_path / "run", model, tokenizer, 5)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.randint(0, 49152, (2, 17))
     with torch.no_grad():
         assert (hf(ids).logits - model(ids)).abs().max() < 1e-4
+    assert AutoTokenizer.from_pretrained(path)("def f():")["input_ids"] == tokenizer("def f():")["input_ids"]
 
 
-def test_failed_write_leaves_the_previous_checkpoint(tmp_path, model, monkeypatch):
+def _files(run) -> dict[str, bytes | None]:
+    """Every entry under checkpoints/, temporary ones included: a directory maps to None, a file to its bytes."""
+    out = {}
+    for root, dirs, files in os.walk(run / "checkpoints"):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(root, name), run)] = None
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.relpath(os.path.join(root, name), run)] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("failing", ["tokenizer files", "trainer state"])
+def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path, model, tokenizer, monkeypatch,
+                                                                       failing):
+    """A checkpoint whose writing fails halfway (a full disk), whether of a new step or of a step a
+    resumed run writes again, changes nothing on disk: not the earlier checkpoints, not `latest`,
+    and leaves no temporary directory."""
     run = tmp_path / "run"
-    _save(run, model, 1)
+    _save(run, model, tokenizer, 1)
+    _save(run, model, tokenizer, 2)
+    before = _files(run)
+    assert (run / "checkpoints" / "latest").read_text() == "step_000002\n"
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # other weights: a partial write would show in the bytes
 
-    def boom(*a, **k):
+    def disk_full(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
-        _save(run, model, 2)
-    assert [s for s, _ in list_checkpoints(str(run))] == [1] and latest_checkpoint(str(run)).endswith("step_000001")
-    assert not [n for n in os.listdir(run / "checkpoints") if n.startswith(".")]
+    if failing == "tokenizer files":  # model.safetensors is written, then the tokenizer's files fail
+        real = C.write_hf_files
+
+        def weights_then_disk_full(model, directory, tokenizer):
+            real(model, directory, None)
+            assert os.path.exists(os.path.join(directory, "model.safetensors"))
+            disk_full()
+
+        monkeypatch.setattr(C, "write_hf_files", weights_then_disk_full)
+    else:
+        monkeypatch.setattr(torch, "save", disk_full)
+    for step in (3, 2):
+        with pytest.raises(OSError, match="disk full"):
+            _save(run, model, tokenizer, step)
+        assert _files(run) == before, step
+    # The test can fail: the same write, not failing, does change the files.
+    monkeypatch.undo()
+    _save(run, model, tokenizer, 2)
+    assert _files(run) != before
+
+
+def test_unreadable_trainer_state_is_a_clear_error(tmp_path, model, tokenizer):
+    path = _save(tmp_path / "run", model, tokenizer, 1)
+    torch.save({"step": 1}, os.path.join(path, TRAINER_STATE))
+    with pytest.raises(ValueError, match=r"trainer_state\.pt: not a trainer state"):
+        load_checkpoint(path)
 
 
 def test_missing_checkpoints_are_clear_errors(tmp_path):

@@ -1,4 +1,3 @@
-import json
 import os
 
 import numpy as np
@@ -132,10 +131,3 @@ def test_too_many_windows_per_step(tmp_path):
     d = _dataset(tmp_path, {"train": [np.arange(20)]})
     with pytest.raises(ShardError, match="8 windows per step, but the split has only 4"):
         TokenWindows(d, "train", 16).get_batch(0, 0, 8)
-
-
-def test_meta_json_is_written_atomically(tmp_path):
-    atomic_write_json(str(tmp_path / "meta.json"), {"a": 1})
-    assert json.loads((tmp_path / "meta.json").read_text()) == {"a": 1}
-    assert os.listdir(tmp_path) == ["meta.json"]
-    assert oct(os.stat(tmp_path / "meta.json").st_mode & 0o777) == "0o644"

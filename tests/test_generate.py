@@ -5,9 +5,11 @@ import torch
 
 import smollm.generate as G
 from conftest import PROMPTS, micro_run_overrides
+from smollm.checkpoint import load
 from smollm.config import get_preset
-from smollm.generate import CachedDecoder, Sampling, generate, next_tokens
+from smollm.generate import CachedDecoder, Sampling, generate, next_tokens, repetition_penalty
 from smollm.model import SmolLM
+from smollm.weights import load_model
 
 EOS = 0
 
@@ -79,8 +81,7 @@ def test_logits_processing_matches_transformers():
     history = torch.randint(0, 1000, (3, 40))
     seen = torch.zeros(3, 1000, dtype=torch.bool).scatter_(1, history, True)
     want = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
-    got = torch.where(seen, torch.where(logits < 0, logits * 1.3, logits / 1.3), logits)
-    assert torch.equal(got, want)
+    assert torch.equal(repetition_penalty(logits, seen, 1.3), want)
     # greedy after the penalty = argmax of transformers' processed scores
     assert torch.equal(next_tokens(logits, seen, Sampling(repetition_penalty=1.3), None), want.argmax(-1))
     # top-p keeps the same tokens as transformers' warper: sample many times, never outside its set
@@ -105,38 +106,6 @@ def test_cached_decoding_on_both_kernel_paths(kernels):
             with torch.no_grad():
                 assert int(model(torch.tensor([seq]))[0, -1].argmax()) == tok
             seq.append(tok)
-
-
-def test_cpu_layout_leaves_the_model_as_it_was():
-    torch.manual_seed(0)
-    model = SmolLM(get_preset("tiny")).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randint(0, model.config.vocab_size, (2, 7))
-    with torch.no_grad():
-        want = model(x)
-        for batch, for_compile in [(1, False), (2, False), (2, True)]:
-            with G.cpu_layout(model, batch, for_compile=for_compile) as choice:
-                assert set(choice) == {tuple(m.weight.shape) for m in model.modules()
-                                       if isinstance(m, torch.nn.Linear)}
-                assert not for_compile or "onednn" not in choice.values()
-                assert (model(x) - want).abs().max().item() < 1e-4  # same values, other summation order
-            assert torch.equal(model(x), want)  # exactly as before, outside
-    after = model.state_dict()
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-
-
-def test_cpu_layout_follows_weight_updates():
-    """Packed or column-major copies are rebuilt when the weights change (a training step between
-    two generations): decoding never uses stale weights."""
-    torch.manual_seed(0)
-    model = SmolLM(get_preset("tiny")).eval()
-    model.__dict__["_cpu_layout_choices"] = {(2, False): {s: "onednn" for s in G._linear_groups(model)}}
-    prompts = [[5, 6, 7, 8, 9], [11, 12]]
-    generate(model, prompts, 4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    assert generate(model, prompts, 6) == generate(model, prompts, 6, tune_layout=False)
 
 
 def test_compiled_decode_step_gives_the_same_tokens():
@@ -186,6 +155,17 @@ def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("=== ") == 3 and "step 6 · 1,536 tokens" in printed
     # A run directory is its latest checkpoint, with its own tokenizer.
-    assert G.resolve_source(str(run)).endswith("step_000006")
+    model, tok = load(str(run))
+    latest = load_model(str(run / "checkpoints" / "step_000006"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), latest.state_dict().values()))
+    assert os.path.isfile(run / "checkpoints" / "step_000006" / "tokenizer.json") and tok("x = ")["input_ids"]
     assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "3"]) == 0
-    assert os.path.isfile(os.path.join(G.resolve_source(str(run)), "tokenizer.json"))
+    assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "3", "--no-cpu-tuning"]) == 0
+
+
+def test_load_errors_name_the_source(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="run .*run has no checkpoints yet"):
+        load(str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="nope.*does not exist"):
+        load(str(tmp_path / "nope"))

@@ -232,7 +232,7 @@ def test_add_bad_shapes():
 
 def test_rms_norm_writes_autocast_dtype():
     """rms_norm under autocast writes y in the autocast dtype (the next Linear's input), the reference's
-    fp32 y rounded once; outside autocast, promote(x, weight) as before."""
+    fp32 y rounded once; outside autocast, in promote(x, weight)."""
     x, w, dy = _inputs((7, 576), torch.float32)
     assert rms_norm(x, w).dtype == torch.float32
     assert rms_norm(x, w.bfloat16()).dtype == torch.float32

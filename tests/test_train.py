@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import signal
@@ -60,11 +61,29 @@ def test_accumulation_equals_one_big_batch():
 
 # ------------------------------------------------------------------------- exact resume --
 
-def test_resume_is_exact(tmp_path, dataset, gguf_path):
+def _sigterm_during_step(monkeypatch, step: int):
+    """The process receives SIGTERM while it runs optimizer step `step`, as a reclaimed machine's
+    would: the run stops through its signal handler, after that step."""
+    real = T.optimizer_step
+
+    def step_then_signal(*args, **kw):
+        out = real(*args, **kw)
+        if inspect.signature(real).bind(*args, **kw).arguments["step"] == step:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
+        return out
+
+    monkeypatch.setattr(T, "optimizer_step", step_then_signal)
+
+
+def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch):
     whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     assert whole["step"] == 6 and whole["stopped"] is None
-    first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path), stop_at_step=4)  # as if reclaimed at step 4
-    assert first["step"] == 4 and first["stopped"] == "stop_at_step"
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as m:
+        _sigterm_during_step(m, 4)
+        first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path))
+    assert first["step"] == 4 and first["stopped"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == handler  # the run put the handler it found back
     assert latest_checkpoint(str(tmp_path / "resumed")).endswith("step_000004")
     assert T.main(["--resume", str(tmp_path / "resumed")]) == 0  # the checkpoint's own config
 
@@ -197,6 +216,26 @@ def test_no_host_sync_in_a_non_log_step(monkeypatch, kernels, compiled):
     assert len(counter.calls) == 1 and counter.calls[0].startswith("item from")
     monkeypatch.undo()
     assert torch.isfinite(loss) and torch.isfinite(gnorm)
+
+
+def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(tmp_path, dataset, gguf_path, monkeypatch):
+    """The whole loop, not only optimizer_step: a step that neither logs, evaluates nor checkpoints
+    makes no host sync (syncs are counted per step, from the start of one optimizer step to the next)."""
+    counter = _SyncCounter(monkeypatch)
+    starts = []  # (step, syncs counted before it began)
+    real = T.optimizer_step
+
+    def marked(*args, **kw):
+        starts.append((inspect.signature(real).bind(*args, **kw).arguments["step"], len(counter.calls)))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(T, "optimizer_step", marked)
+    T.train(_cfg(tmp_path / "run", dataset, gguf_path, "log.log_every=3", "log.eval_every=100",
+                 "log.ckpt_every=100"))
+    ends = [n for _, n in starts[1:]] + [len(counter.calls)]
+    syncs = {step: end - begin for (step, begin), end in zip(starts, ends)}
+    assert list(syncs) == [1, 2, 3, 4, 5, 6]
+    assert [s for s, n in syncs.items() if n] == [3, 6], counter.calls  # the test can fail: 3 and 6 do sync
 
 
 def test_unfused_adamw_checks_every_step(monkeypatch):

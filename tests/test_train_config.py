@@ -1,17 +1,42 @@
 import pytest
 
+from smollm.prepare import parse_count
 from smollm.train_config import ConfigError, RunConfig, apply_overrides, load_config
 
 
-def test_presets_load_and_state_the_a10g_recipe():
+def test_presets_give_the_documented_runs():
+    """The numbers the configs' comments and the README state: model shape, batch, token budget."""
     cfg = load_config("configs/smollm2-135m.yaml")
-    assert cfg.model_config().n_params == 134_515_008
+    m = cfg.model_config()
+    assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads) == (30, 576, 9, 3)
+    assert m.n_params == 134_515_008 and m.rope_theta == 10000.0 and m.max_position_embeddings == 2048
     assert (cfg.train.micro_batch, cfg.data.seq_len, cfg.train.grad_accum) == (16, 1024, 2)
+    tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * cfg.data.seq_len
+    assert tokens_per_step == 32_768 and tokens_per_step * cfg.train.max_steps == 1_212_416_000  # "1.21B tokens"
+    # The prepared data (data.tokens, less its validation split) covers every training token.
+    assert parse_count(cfg.data.tokens) * (1 - cfg.data.val_fraction) >= tokens_per_step * cfg.train.max_steps
     assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.eps == 1e-8 and cfg.optim.weight_decay == 0.01
-    assert cfg.optim.grad_clip == 1.0 and cfg.train.dtype == "bf16" and cfg.optim.fused in ("auto", "true")
-    assert cfg.model.compile and cfg.model.kernels == "triton" and cfg.schedule.kind in ("wsd", "cosine")
+    assert cfg.optim.grad_clip == 1.0 and cfg.train.dtype == "bf16" and cfg.optim.fused == "auto"
+    assert cfg.model.compile and cfg.model.kernels == "triton"
+    assert (cfg.schedule.kind, cfg.schedule.warmup_steps, cfg.schedule.decay_fraction) == ("wsd", 1000, 0.2)
+
     tiny = load_config("configs/tiny.yaml")
-    assert tiny.model_config().vocab_size == 49152 and tiny.model.kernels == "torch"
+    t = tiny.model_config()
+    assert (t.num_hidden_layers, t.hidden_size, t.vocab_size, t.n_params) == (4, 128, 49152, 7_079_040)  # "7.1M"
+    assert tiny.model.kernels == "torch" and not tiny.model.compile
+    assert not tiny.train.cpu_autocast  # fp32 on the CPU: the exact-resume guarantee is bit for bit in fp32
+
+
+def test_yaml_values_arrive_typed(tmp_path):
+    """A YAML file's values reach the run config as their fields' types, overrides on top of them."""
+    (tmp_path / "r.yaml").write_text("optim:\n  lr: 1e-3\n  betas: [0, 0.95]\ntrain:\n  max_steps: 2e3\n"
+                                     "sample:\n  top_k: null\n  prompts: [x]\n")
+    cfg = load_config(str(tmp_path / "r.yaml"), ["train.seed=7", "sample.top_k=5"])
+    assert cfg.optim.lr == 1e-3 and type(cfg.optim.lr) is float  # YAML 1.1 reads "1e-3" as text
+    assert cfg.optim.betas == [0.0, 0.95] and type(cfg.optim.betas[0]) is float
+    assert cfg.train.max_steps == 2000 and type(cfg.train.max_steps) is int
+    assert cfg.train.seed == 7 and cfg.sample.top_k == 5 and cfg.sample.prompts == ["x"]
+    assert cfg.train.micro_batch == 16  # not in the file: the default
 
 
 def test_overrides_are_typed():
