@@ -11,6 +11,7 @@
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, Stamp, headlines_md, provenance_md, stamp, write_rows
 
 NO_CACHE = "no cache, full recompute"
 
@@ -66,131 +67,188 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
 
+    m = _load(args.dtype, args.new)
+    st = stamp("generate", m.device)
+    params = {"dtype": args.dtype, "threads": torch.get_num_threads(), "prompt_tokens": len(m.prompt),
+              "new_tokens_per_sequence": args.new, "repeats": args.repeats}
+    with torch.no_grad():
+        m.ours_run(1)  # warm-up (allocator, kernels)
+        m.hf_run(1)
+        prefill_s = _time_prefill(m, args.batch)
+        rows, same, layouts = _time_interleaved(m, st, params, args.batch, args.repeats, args.compile)
+    rows.append(_summary(m, st, params, rows, args.batch, prefill_s, same, layouts))
+    md = to_markdown(rows)
+    write_rows(args.out, rows, md)
+    print(md)
+    return 0
+
+
+@dataclasses.dataclass
+class _Models:
+    """What every timed run shares: ours and transformers' model on the same weights, device and
+    dtype, the prompt, and the number of new tokens; with one way to run each model."""
+
+    ours: torch.nn.Module
+    hf: torch.nn.Module
+    prompt: list[int]  # the prompt's token ids, the same for every sequence of a batch
+    device: torch.device
+    dtype: torch.dtype
+    n_new: int  # new tokens per sequence, no early stop: every run does the same work
+
+    def sync(self) -> None:
+        """Waits for the device's queued kernels, so that a timing covers them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def tune(self, batch: int, for_compile: bool = False) -> dict[str, str]:
+        """cpu_decode's product per weight shape ("NxK": product) for `batch` rows; its own call, so
+        that the tuning stays out of ours_run's timings."""
+        from smollm.cpu_decode import cpu_decode
+
+        with cpu_decode(self.ours, batch, for_compile) as choice:  # tunes once, then prepares the copies
+            return {f"{n}x{k}": c for (n, k), c in choice.items()}
+
+    def ours_run(self, batch: int, compile: bool = False) -> list[list[int]]:
+        """Ours, greedy, on `batch` copies of the prompt: each sequence's n_new new ids."""
+        from smollm.cpu_decode import cpu_decode
+        from smollm.generate import Sampling, generate
+
+        with cpu_decode(self.ours, batch, for_compile=compile):  # on a CPU only: elsewhere the model as it is
+            out = generate(self.ours, [self.prompt] * batch, self.n_new, Sampling(), eos_id=None, compile=compile)
+        self.sync()
+        assert all(len(o) == self.n_new for o in out)
+        return out
+
+    def hf_run(self, batch: int) -> list[list[int]]:
+        """transformers' generate(), greedy, on `batch` copies of the prompt: each sequence's new ids."""
+        x = torch.tensor([self.prompt] * batch, device=self.device)  # (batch, T)
+        out = self.hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=self.n_new,
+                               min_new_tokens=self.n_new, do_sample=False, pad_token_id=0)  # (batch, T + n_new)
+        self.sync()
+        return out[:, len(self.prompt):].tolist()
+
+
+def _load(dtype_name: str, n_new: int) -> _Models:
+    """The real SmolLM2-135M weights (the GGUF) as ours and as transformers' model, on the GPU if
+    there is one, and the prompt tokenized by the GGUF's own tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from smollm.cpu_decode import cpu_decode
-    from smollm.generate import CachedDecoder, Sampling, generate
     from smollm.tokenizer import smollm2_gguf_path, tokenizer_from_gguf
     from smollm.weights import load_model
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gguf = smollm2_gguf_path()
     tok = tokenizer_from_gguf(gguf)
     ours = load_model(gguf).to(device=device, dtype=dtype).eval()
     hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                               dtype=dtype).to(device).eval()
-    prompt = tok(PROMPT)["input_ids"]
-    n_new, B = args.new, args.batch
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    st = stamp("generate", device)
-    params = {"dtype": args.dtype, "threads": torch.get_num_threads(), "prompt_tokens": len(prompt),
-              "new_tokens_per_sequence": n_new, "repeats": args.repeats}
-    rows: list[Row] = []
+    return _Models(ours, hf, tok(PROMPT)["input_ids"], device, dtype, n_new)
 
-    def row(name, batch, seconds, new_tokens, spread=None):
-        m = {"seconds": seconds, "new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds}
-        if spread:
-            m["tokens_per_s_range"] = [new_tokens / spread[1], new_tokens / spread[0]]
-        rows.append(st.row({"method": name, "batch": batch, **params, **({} if spread else {"repeats": 1})}, m))
-        print(f"{name:<48} batch {batch}: {new_tokens / seconds:8.1f} new tokens/s", flush=True)
 
-    def tune(batch, for_compile=False):  # here, so that the tuning stays out of ours_run's timings
-        with cpu_decode(ours, batch, for_compile) as choice:  # tunes once, then prepares the copies
-            return {f"{n}x{k}": c for (n, k), c in choice.items()}
+def _time_prefill(m: _Models, batch: int) -> dict[int, float]:
+    """Seconds of ours' prefill alone (the prompt in one forward), at batch 1 and at `batch`."""
+    from smollm.generate import CachedDecoder
 
-    def ours_run(batch, compile=False):
-        with cpu_decode(ours, batch, for_compile=compile):  # on a CPU only: elsewhere the model as it is
-            out = generate(ours, [prompt] * batch, n_new, Sampling(), eos_id=None, compile=compile)
-        sync()
-        assert all(len(o) == n_new for o in out)
-        return out
-
-    def hf_run(batch):
-        x = torch.tensor([prompt] * batch, device=device)
-        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new, min_new_tokens=n_new,
-                          do_sample=False, pad_token_id=0)
-        sync()
-        return out[:, len(prompt):].tolist()
-
-    with torch.no_grad():
-        ours_run(1)  # warm-up (allocator, kernels)
-        hf_run(1)
-        # Prefill: the prompt in one forward, alone.
-        dec = CachedDecoder(ours, [prompt] * 1, n_new)
-        _, prefill_1 = timed(lambda: (dec.prefill(), sync()))
+    def seconds(b: int) -> float:
+        dec = CachedDecoder(m.ours, [m.prompt] * b, m.n_new)
+        _, t = timed(lambda: (dec.prefill(), m.sync()))
         dec.close()
-        dec = CachedDecoder(ours, [prompt] * B, n_new)
-        _, prefill_b = timed(lambda: (dec.prefill(), sync()))
-        dec.close()
+        return t
 
-        # The same comparison --repeats times, interleaved, median per row: this 2-core VM's speed
-        # moves by +-15% from minute to minute, and a neighbour's burst should not pick the winner.
-        times: dict[tuple[str, int], list[float]] = {}
-        layouts = {}
-        for _ in range(args.repeats):
-            layouts[1] = tune(1)
-            out1, t = timed(lambda: ours_run(1))
-            times.setdefault(("ours: KV cache", 1), []).append(t)
-            if args.compile:
-                tune(1, for_compile=True)
-                ours_run(1, compile=True)  # compile (once; later repeats hit the cache)
-                _, t = timed(lambda: ours_run(1, compile=True))
-                times.setdefault(("ours: KV cache, decode step compiled", 1), []).append(t)
-            hf1, t = timed(lambda: hf_run(1))
-            times.setdefault(("transformers generate()", 1), []).append(t)
-            layouts[B] = tune(B)
-            outb, t = timed(lambda: ours_run(B))
-            times.setdefault(("ours: KV cache", B), []).append(t)
-            hfb, t = timed(lambda: hf_run(B))
-            times.setdefault(("transformers generate()", B), []).append(t)
-        for (name, batch), ts in times.items():
-            row(name, batch, statistics.median(ts), n_new * batch, spread=(min(ts), max(ts)))
-        ids = torch.tensor([prompt], device=device)
-        nc, t = timed(lambda: generate_no_cache(ours, ids, n_new))  # once: minutes, and 8x+ behind anyway
-        row(NO_CACHE, 1, t, n_new)
-    same = {"transformers_batch1": out1[0] == hf1[0], "transformers_batch8": outb == hfb,
-            "no_cache": out1[0] == nc[0, len(prompt):].tolist()}
+    return {1: seconds(1), batch: seconds(batch)}
 
-    bandwidth = measure_bandwidth(device)
-    cfg = ours.config
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+
+def _time_interleaved(m: _Models, st: Stamp, params: dict, B: int, repeats: int,
+                      compile: bool) -> tuple[list[Row], dict[str, bool], dict[int, dict[str, str]]]:
+    """Times ours and transformers at batch 1 and B (and ours compiled, with `compile`), then the
+    no-cache loop once. Returns (a row per method and batch, whether the methods produced the same
+    tokens, the CPU products cpu_decode chose per batch)."""
+    # The same comparison --repeats times, interleaved, median per row: this 2-core VM's speed
+    # moves by +-15% from minute to minute, and a neighbour's burst should not pick the winner.
+    times: dict[tuple[str, int], list[float]] = {}
+    layouts = {}
+    for _ in range(repeats):
+        layouts[1] = m.tune(1)
+        out1, t = timed(lambda: m.ours_run(1))
+        times.setdefault(("ours: KV cache", 1), []).append(t)
+        if compile:
+            m.tune(1, for_compile=True)
+            m.ours_run(1, compile=True)  # compile (once; later repeats hit the cache)
+            _, t = timed(lambda: m.ours_run(1, compile=True))
+            times.setdefault(("ours: KV cache, decode step compiled", 1), []).append(t)
+        hf1, t = timed(lambda: m.hf_run(1))
+        times.setdefault(("transformers generate()", 1), []).append(t)
+        layouts[B] = m.tune(B)
+        outb, t = timed(lambda: m.ours_run(B))
+        times.setdefault(("ours: KV cache", B), []).append(t)
+        hfb, t = timed(lambda: m.hf_run(B))
+        times.setdefault(("transformers generate()", B), []).append(t)
+    rows = [_row(st, params, name, batch, statistics.median(ts), m.n_new * batch, spread=(min(ts), max(ts)))
+            for (name, batch), ts in times.items()]
+    ids = torch.tensor([m.prompt], device=m.device)  # (1, T)
+    nc, t = timed(lambda: generate_no_cache(m.ours, ids, m.n_new))  # once: minutes, and 8x+ behind anyway
+    rows.append(_row(st, params, NO_CACHE, 1, t, m.n_new))
+    same = {"transformers_batch1": out1[0] == hf1[0], "transformers_batchB": outb == hfb,
+            "no_cache": out1[0] == nc[0, len(m.prompt):].tolist()}
+    return rows, same, layouts
+
+
+def _row(st: Stamp, params: dict, name: str, batch: int, seconds: float, new_tokens: int,
+         spread: tuple[float, float] | None = None) -> Row:
+    """One method's row, printed as it is made; `spread`: (fastest, slowest) seconds of its repeats."""
+    m = {"seconds": seconds, "new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds}
+    if spread:
+        m["tokens_per_s_range"] = [new_tokens / spread[1], new_tokens / spread[0]]
+    print(f"{name:<48} batch {batch}: {new_tokens / seconds:8.1f} new tokens/s", flush=True)
+    return st.row({"method": name, "batch": batch, **params, **({} if spread else {"repeats": 1})}, m)
+
+
+def _tokens_per_s(rows: list[Row], name: str, batch: int) -> float:
+    """The new tokens/s of `name`'s row at `batch`."""
+    return next(x for x in rows if x.parameters["method"] == name and x.parameters["batch"] == batch).metrics[
+        "tokens_per_s"]
+
+
+def _bandwidth_bound(m: _Models) -> tuple[float, float, float]:
+    """(measured bytes/s, bytes a batch-1 decode step reads, the tokens/s that allows)."""
+    bandwidth = measure_bandwidth(m.device)
+    cfg = m.ours.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in m.ours.parameters())
     # The average step also reads the KV cache: layers x 2 x kv heads x head_dim x (prompt + n/2) values.
-    kv_bytes = (cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * (len(prompt) + n_new / 2)
-                * torch.finfo(dtype).bits // 8)
-    bound = bandwidth / (weight_bytes + kv_bytes)
+    kv_bytes = (cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * (len(m.prompt) + m.n_new / 2)
+                * torch.finfo(m.dtype).bits // 8)
+    return bandwidth, weight_bytes + kv_bytes, bandwidth / (weight_bytes + kv_bytes)
 
-    def tps(name, batch):
-        return next(x for x in rows if x.parameters["method"] == name and x.parameters["batch"] == batch).metrics[
-            "tokens_per_s"]
 
-    ours1, oursb = tps("ours: KV cache", 1), tps("ours: KV cache", B)
-    ratios = {"ours_vs_transformers_batch1": ours1 / tps("transformers generate()", 1),
-              "ours_vs_transformers_batchB": oursb / tps("transformers generate()", B),
-              "ours_vs_no_cache": ours1 / tps(NO_CACHE, 1), "batchB_vs_batch1": oursb / ours1,
+def _summary(m: _Models, st: Stamp, params: dict, rows: list[Row], B: int, prefill_s: dict[int, float],
+             same: dict[str, bool], layouts: dict[int, dict[str, str]]) -> Row:
+    """The summary row: the ratios the goals are about, prefill and the bandwidth bound, as metrics
+    and as the headlines shown first."""
+    bandwidth, step_bytes, bound = _bandwidth_bound(m)
+    n_new, prompt_len = m.n_new, len(m.prompt)
+    ours1, oursb = _tokens_per_s(rows, "ours: KV cache", 1), _tokens_per_s(rows, "ours: KV cache", B)
+    ratios = {"ours_vs_transformers_batch1": ours1 / _tokens_per_s(rows, "transformers generate()", 1),
+              "ours_vs_transformers_batchB": oursb / _tokens_per_s(rows, "transformers generate()", B),
+              "ours_vs_no_cache": ours1 / _tokens_per_s(rows, NO_CACHE, 1), "batchB_vs_batch1": oursb / ours1,
               "ours_batch1_fraction_of_bound": ours1 / bound}
-    prefill = {"1": len(prompt) / prefill_1, str(B): B * len(prompt) / prefill_b}
+    prefill = {"1": prompt_len / prefill_s[1], str(B): B * prompt_len / prefill_s[B]}
     heads = [f"ours vs transformers at batch 1: {ratios['ours_vs_transformers_batch1']:.2f}x (goal 1.3x); "
              f"at batch {B}: {ratios['ours_vs_transformers_batchB']:.2f}x",
              f"ours vs the no-cache loop at {n_new} new tokens: {ratios['ours_vs_no_cache']:.1f}x (goal 5x)",
              f"batch {B} vs batch 1 throughput: {ratios['batchB_vs_batch1']:.2f}x (goal 4x)",
              f"prefill: {prefill['1']:,.0f} tokens/s at batch 1, {prefill[str(B)]:,.0f} at batch {B}",
-             f"bandwidth bound at batch 1: {bandwidth / 1e9:.1f} GB/s measured / {(weight_bytes + kv_bytes) / 1e6:.0f} "
+             f"bandwidth bound at batch 1: {bandwidth / 1e9:.1f} GB/s measured / {step_bytes / 1e6:.0f} "
              f"MB read per step = {bound:.1f} tokens/s; ours reaches {ratios['ours_batch1_fraction_of_bound']:.0%} of it",
              f"same tokens as transformers (batch 1, batch {B}) and as the no-cache loop: "
-             f"{same['transformers_batch1']}, {same['transformers_batch8']}, {same['no_cache']}"]
+             f"{same['transformers_batch1']}, {same['transformers_batchB']}, {same['no_cache']}"]
     if layouts:
         heads.append("CPU product per weight shape, as `smollm.cpu_decode.tune` chose it (transformers runs nn.Linear "
                      "as it is): " + "; ".join(f"batch {b}: " + ", ".join(f"{k} {v}" for k, v in c.items())
                                                for b, c in layouts.items()))
-    rows.append(st.summary(heads, {"prefill_tokens_per_s": prefill, "bandwidth_gb_s": bandwidth / 1e9,
-                                   "bytes_per_step": weight_bytes + kv_bytes,
-                                   "bandwidth_bound_tokens_per_s_batch1": bound, "ratios": ratios,
-                                   "same_tokens": same, "cpu_kernels": layouts}, **params))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return st.summary(heads, {"prefill_tokens_per_s": prefill, "bandwidth_gb_s": bandwidth / 1e9,
+                              "bytes_per_step": step_bytes, "bandwidth_bound_tokens_per_s_batch1": bound,
+                              "ratios": ratios, "same_tokens": same, "cpu_kernels": layouts}, **params)
 
 
 def to_markdown(rows: list[Row]) -> str:

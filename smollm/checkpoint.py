@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from smollm.files import atomic_dir, atomic_write_bytes
-from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run
-from smollm.weights import WEIGHTS_FILE, read_safetensors, write_hf_files
+from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run, is_run_dir
+from smollm.tokenizer import load_tokenizer
+from smollm.weights import WEIGHTS_FILE, load_model, read_safetensors, write_hf_files
 
 
 def rng_states() -> dict:
@@ -156,16 +157,12 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
     Hugging Face directory, a .gguf file or a hub id (smollm.weights.load_model). The tokenizer is
     `tokenizer` when given, else the one saved beside the weights (a checkpoint, an export with its
     tokenizer.json, a GGUF), else the default one (smollm.tokenizer.load_tokenizer)."""
-    from smollm import weights
-    from smollm.runs import is_run_dir
-    from smollm.tokenizer import load_tokenizer
-
     source = os.fspath(source)
     if is_run_dir(source):
         ckpt = latest_checkpoint(source)
         if ckpt is None:
             raise FileNotFoundError(f"run {source} has no checkpoints yet")
         source = ckpt
-    model = weights.load_model(source, kernels=kernels)
+    model = load_model(source, kernels=kernels)
     own = source.endswith(".gguf") or os.path.isfile(os.path.join(source, "tokenizer.json"))
     return model, load_tokenizer(tokenizer or (source if own else None))

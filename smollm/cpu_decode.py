@@ -13,8 +13,9 @@ the batch, so `tune` times the candidates once per weight shape and batch size.
 Inside `cpu_decode` every bias-free nn.Linear of the model is replaced by a `DecodeLinear` holding
 the same weight Parameter and the chosen product, which it uses only for activations of exactly
 `batch` rows (decode steps, and the head at prefill, which sees only each prompt's last position);
-anything else (a prefill of many tokens) goes through F.linear as in nn.Linear. On exit the model's own modules are put back, the same objects, so a forward or a training
-step outside generation computes exactly what it would have. The model module knows nothing of
+anything else (a prefill of many tokens) goes through F.linear as in nn.Linear. On exit the
+model's own modules are put back, the same objects, so a forward or a training step outside
+generation computes exactly what it would have. The model module knows nothing of
 this: tunings and prepared copies live here, per model, and die with it.
 """
 

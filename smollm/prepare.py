@@ -25,6 +25,7 @@ import sysconfig
 import time
 from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 
 import numpy as np
 
@@ -191,66 +192,67 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
             workers: int | None = None, threads: int | None = None, batch_docs: int = 1024,
             max_commits: int | None = None, progress: bool = True) -> dict:
     """Tokenize `source` into shards under `out`; resumes a partial run there. Returns meta."""
-    from tqdm import tqdm
-
     from smollm.tokenizer import load_tokenizer
 
     tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name)
+    fresh = _new_meta(tok, tokenizer_name, source, val_fraction, shard_tokens)
+    meta = _resume_or_start(out, fresh)
+    if meta.get("complete"):
+        return meta
+    description, docs = open_source(source, column, skip=meta["docs_done"])
+    meta["source"] = description
+    shards = _Shards(out, meta, fresh["vocab_size"], fresh["eos_id"])
+    workers, threads = _pool_size(workers, threads)
+    budget_left = None if max_tokens is None else max_tokens - sum(meta["tokens"].values())
+    t0 = time.perf_counter()
+    stop, waited = _tokenize(docs, tok, shards, workers=workers, threads=threads, batch_docs=batch_docs,
+                             val_fraction=val_fraction, shard_tokens=shard_tokens, budget_left=budget_left,
+                             max_commits=max_commits, progress=progress, t0=t0)
+    if stop == "interrupted":
+        return meta
+    return _finish(shards, source, t0, waited)
+
+
+def _new_meta(tok, tokenizer_name: str | None, source: list[str], val_fraction: float, shard_tokens: int) -> dict:
+    """meta.json of a run that has not started. It records the tokenizer's identity (name, vocabulary
+    fingerprint and size) so that a resumed run can refuse a different one: shards made with two
+    tokenizers would mix ids of different meanings. Raises if `tok` cannot make uint16 shards whose
+    documents are separated by <|endoftext|>."""
     vocab_size, eos_id = len(tok), tok.convert_tokens_to_ids("<|endoftext|>")
     if eos_id is None or tok.convert_ids_to_tokens(eos_id) != "<|endoftext|>":
         raise ValueError("tokenizer has no <|endoftext|> token to separate documents")
     if vocab_size > 65536:
         raise ValueError(f"tokenizer {tokenizer_name or tok.name_or_path!r} has {vocab_size} tokens, which does not "
                          f"fit uint16 shards (at most 65536)")
-    fingerprint = tokenizer_fingerprint(tok)
+    return {"format": "smollm-triton token shards v1", "tokenizer": tokenizer_name or tok.name_or_path,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tok), "vocab_size": vocab_size, "eos_id": eos_id,
+            "source_arg": source, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+            "docs_done": 0, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
+            "shards": [], "complete": False}
 
+
+def _resume_or_start(out: str, fresh: dict) -> dict:
+    """The meta of the run to continue in `out` (created if missing): its meta.json when a run there
+    used the same tokenizer and source, else `fresh` for an empty directory. Anything else raises
+    before a file is touched, so a wrong --out never mixes two datasets or overwrites one."""
     os.makedirs(out, exist_ok=True)
-    meta_path = os.path.join(out, "meta.json")
-    if os.path.exists(meta_path):
-        meta = read_meta(out)
-        if meta.get("tokenizer_fingerprint") != fingerprint or meta.get("vocab_size") != vocab_size:
-            raise ValueError(f"{out} holds shards made with another tokenizer ({meta.get('tokenizer')!r}, vocab "
-                             f"{meta.get('vocab_size')}); choose another --out. Nothing was changed.")
-        if meta.get("source_arg") != source:
-            raise ValueError(f"{out} was prepared from {meta.get('source_arg')}, not {source}; choose another "
-                             f"--out. Nothing was changed.")
-        if meta.get("complete"):
-            return meta
-    elif os.listdir(out):
-        raise ValueError(f"{out} is not empty and has no meta.json; choose an empty or new directory")
-    else:
-        meta = {"format": "smollm-triton token shards v1", "tokenizer": tokenizer_name or tok.name_or_path,
-                "tokenizer_fingerprint": fingerprint, "vocab_size": vocab_size, "eos_id": eos_id,
-                "source_arg": source, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
-                "docs_done": 0, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
-                "shards": [], "complete": False}
+    if not os.path.exists(os.path.join(out, "meta.json")):
+        if os.listdir(out):
+            raise ValueError(f"{out} is not empty and has no meta.json; choose an empty or new directory")
+        return fresh
+    meta = read_meta(out)
+    if (meta.get("tokenizer_fingerprint") != fresh["tokenizer_fingerprint"]
+            or meta.get("vocab_size") != fresh["vocab_size"]):
+        raise ValueError(f"{out} holds shards made with another tokenizer ({meta.get('tokenizer')!r}, vocab "
+                         f"{meta.get('vocab_size')}); choose another --out. Nothing was changed.")
+    if meta.get("source_arg") != fresh["source_arg"]:
+        raise ValueError(f"{out} was prepared from {meta.get('source_arg')}, not {fresh['source_arg']}; choose "
+                         f"another --out. Nothing was changed.")
+    return meta
 
-    description, docs = open_source(source, column, skip=meta["docs_done"])
-    meta["source"] = description
-    commits = len({s["index"] for s in meta["shards"]})
-    buffers = {s: [] for s in SPLITS}
-    counts = {s: 0 for s in SPLITS}
-    doc_counts = {s: 0 for s in SPLITS}
-    pending_docs = 0
-    budget_left = None if max_tokens is None else max_tokens - sum(meta["tokens"].values())
 
-    def commit():
-        nonlocal commits, pending_docs
-        for split in SPLITS:
-            if counts[split]:
-                name = shard_name(split, commits)
-                write_shard(os.path.join(out, name), np.concatenate(buffers[split]), vocab_size, eos_id)
-                meta["shards"].append({"file": name, "split": split, "index": commits, "tokens": counts[split],
-                                       "documents": doc_counts[split]})
-                meta["tokens"][split] += counts[split]
-                meta["documents"][split] += doc_counts[split]
-            buffers[split].clear()
-            counts[split] = doc_counts[split] = 0
-        meta["docs_done"] += pending_docs
-        pending_docs = 0
-        commits += 1
-        atomic_write_json(meta_path, meta)  # the commit point
-
+def _pool_size(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(processes, encoding threads per process), defaults filled in from the core count."""
     cores = os.cpu_count() or 1
     # Two encoding threads per process: the part of a batch that holds the GIL (lists of ids to
     # numpy) in one thread overlaps the other's encoding, and processes add the rest of the cores.
@@ -258,59 +260,126 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
     threads = max(1, cores // max(workers, 1)) if threads is None else threads
     if workers < 1 or threads < 1:
         raise ValueError(f"workers ({workers}) and threads ({threads}) must be at least 1")
+    return workers, threads
+
+
+class _Shards:
+    """The documents met since the last commit, per split, and the commit that writes them under
+    `out`. A commit is the unit of resuming: its shards are written first and meta.json last (the
+    commit point), so a run killed at any moment resumes from the last complete commit."""
+
+    def __init__(self, out: str, meta: dict, vocab_size: int, eos_id: int):
+        self.out, self.meta, self.vocab_size, self.eos_id = out, meta, vocab_size, eos_id
+        self.meta_path = os.path.join(out, "meta.json")
+        self.commits = len({s["index"] for s in meta["shards"]})  # train and val shards share an index
+        self.buffers = {s: [] for s in SPLITS}  # per split: each document's (n,) uint16 ids, then (1,) eos
+        self.counts = {s: 0 for s in SPLITS}  # tokens in buffers[split]
+        self.doc_counts = {s: 0 for s in SPLITS}
+        self.pending_docs = 0  # source documents consumed since the last commit, blank ones included
+        self._eos = np.array([eos_id], dtype=np.uint16)  # (1,)
+
+    def add(self, split: str, ids: np.ndarray) -> None:
+        """Buffers one document's ids (n,) and <|endoftext|> for `split`."""
+        self.pending_docs += 1
+        self.buffers[split] += [ids, self._eos]
+        self.counts[split] += len(ids) + 1
+        self.doc_counts[split] += 1
+
+    def add_blank(self) -> None:
+        """A blank document: counted as consumed, so a resumed run skips it, but nothing to write."""
+        self.pending_docs += 1
+
+    def commit(self) -> None:
+        """Writes the buffered documents as shards of index `commits` and records them in meta.json."""
+        meta = self.meta
+        for split in SPLITS:
+            if self.counts[split]:
+                name = shard_name(split, self.commits)
+                write_shard(os.path.join(self.out, name), np.concatenate(self.buffers[split]), self.vocab_size,
+                            self.eos_id)
+                meta["shards"].append({"file": name, "split": split, "index": self.commits,
+                                       "tokens": self.counts[split], "documents": self.doc_counts[split]})
+                meta["tokens"][split] += self.counts[split]
+                meta["documents"][split] += self.doc_counts[split]
+            self.buffers[split].clear()
+            self.counts[split] = self.doc_counts[split] = 0
+        meta["docs_done"] += self.pending_docs
+        self.pending_docs = 0
+        self.commits += 1
+        atomic_write_json(self.meta_path, meta)  # the commit point
+
+
+def _tokenize(docs: Iterator[str], tok, shards: _Shards, *, workers: int, threads: int, batch_docs: int,
+              val_fraction: float, shard_tokens: int, budget_left: int | None, max_commits: int | None,
+              progress: bool, t0: float) -> tuple[str | None, float]:
+    """Encodes `docs` in `workers` processes and adds them to `shards`, committing each time the train
+    split holds a shard's worth of tokens. Stops at the end of the source (None), once `budget_left`
+    tokens are in ("budget"), or right after commit number `max_commits` ("interrupted": lets the
+    tests stop a run as a kill after a commit would). The progress bar's rates count from `t0`, the
+    run's start. Returns (the reason it stopped, seconds the main process spent waiting for the
+    workers)."""
+    from tqdm import tqdm
+
     # fork starts workers in milliseconds (spawn and forkserver re-import the caller's __main__, often
     # torch, in every worker); the workers' threads are started after the fork (see init_worker).
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-    bar = tqdm(desc=f"tokenizing -> {out}", unit=" tok", unit_scale=True, mininterval=1.0,
+    bar = tqdm(desc=f"tokenizing -> {shards.out}", unit=" tok", unit_scale=True, mininterval=1.0,
                disable=not progress)
-    t0, seen_docs, seen_tokens, stop, waited = time.perf_counter(), 0, 0, None, 0.0
+    seen_docs, seen_tokens, stop, waited = 0, 0, None, 0.0
     with ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads)) as pool:
-        batches = _batched(docs, batch_docs)
-        in_flight = deque()
-
-        def submit() -> bool:  # a bounded number of batches ahead: the corpus never sits in memory
-            batch = next(batches, None)
-            if batch is not None:
-                in_flight.append(pool.apply_async(encode_batch, (batch, val_fraction)))
-            return batch is not None
-
-        for _ in range(2 * workers):
-            if not submit():
-                break
-        eos = np.array([eos_id], dtype=np.uint16)
-        while in_flight and stop is None:
-            t_wait = time.perf_counter()
-            all_ids, lengths, splits = in_flight.popleft().get()
-            waited += time.perf_counter() - t_wait
-            submit()
-            ends = np.cumsum(lengths)
-            for end, n, which in zip(ends.tolist(), lengths.tolist(), splits.tolist()):
-                pending_docs += 1
+        for (all_ids, lengths, splits), wait in _encode_ahead(pool, _batched(docs, batch_docs), val_fraction,
+                                                              ahead=2 * workers):
+            waited += wait
+            # all_ids: (sum of lengths,) uint16, the batch's documents end to end; lengths, splits: (docs,)
+            for end, n, which in zip(np.cumsum(lengths).tolist(), lengths.tolist(), splits.tolist()):
                 seen_docs += 1
                 if which < 0:
-                    continue  # blank: counted as consumed, nothing to write
-                split = SPLITS[which]
-                buffers[split] += [all_ids[end - n:end], eos]
-                counts[split] += n + 1
-                doc_counts[split] += 1
+                    shards.add_blank()
+                    continue
+                shards.add(SPLITS[which], all_ids[end - n:end])
                 seen_tokens += n + 1
                 bar.update(n + 1)
-                if counts["train"] >= shard_tokens:
-                    commit()
-                    if max_commits is not None and commits >= max_commits:
-                        stop = "interrupted"  # tests: a run killed right after a commit
+                if shards.counts["train"] >= shard_tokens:
+                    shards.commit()
+                    if max_commits is not None and shards.commits >= max_commits:
+                        stop = "interrupted"
                         break
                 if budget_left is not None and seen_tokens >= budget_left:
                     stop = "budget"
                     break
             elapsed = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(docs_per_s=f"{seen_docs / elapsed:,.0f}", tok_per_s=f"{seen_tokens / elapsed:,.0f}")
+            if stop is not None:
+                break
         pool.terminate()
     bar.close()
-    if stop == "interrupted":
-        return meta
-    if pending_docs:
-        commit()
+    return stop, waited
+
+
+def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float,
+                  ahead: int) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]]:
+    """encode_batch's result for each batch, in order, with the seconds spent waiting for it. `ahead`
+    batches are in flight at a time: enough to keep every worker busy, few enough that the corpus
+    never sits in memory."""
+    in_flight = deque(pool.apply_async(encode_batch, (batch, val_fraction)) for batch in islice(batches, ahead))
+    while in_flight:
+        t_wait = time.perf_counter()
+        result = in_flight.popleft().get()
+        waited = time.perf_counter() - t_wait
+        batch = next(batches, None)
+        if batch is not None:
+            in_flight.append(pool.apply_async(encode_batch, (batch, val_fraction)))
+        yield result, waited
+
+
+def _finish(shards: _Shards, source: list[str], t0: float, waited: float) -> dict:
+    """Commits what is left and marks the run complete in meta.json, which a rerun then returns as it
+    is. A source without a document to train on raises instead; when it yielded no document at all,
+    meta.json is removed again, and `out` too if that leaves it empty, so that the same --out can be
+    used once the source is fixed."""
+    if shards.pending_docs:
+        shards.commit()
+    meta, meta_path, out = shards.meta, shards.meta_path, shards.out
     if meta["documents"]["train"] + meta["documents"]["val"] == 0:
         if os.path.exists(meta_path):
             os.unlink(meta_path)
