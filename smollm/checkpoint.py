@@ -1,12 +1,20 @@
 """Checkpoints of a run (their layout: smollm.runs): each written whole into a temporary directory
 and renamed into place, then `checkpoints/latest` names it; older ones keep their weights but lose
-their optimizer state."""
+their optimizer state.
+
+checkpoint.json records the sha256 of every other file of the checkpoint when it is written;
+resuming (load_checkpoint) and loading a model (load) check them, so a file that changed on disk
+since (a bad disk, a copy cut short) is a one-line CheckpointError naming it, and resuming a run
+falls back to its newest good checkpoint (resolve_resumable). Checkpoints without checksums (older
+ones) still load."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +22,61 @@ import torch
 from smollm.files import atomic_dir, atomic_write_bytes
 from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run, is_run_dir
 from smollm.tokenizer import load_tokenizer
-from smollm.weights import WEIGHTS_FILE, load_model, read_safetensors, write_hf_files
+from smollm.weights import WEIGHTS_FILE, check_finite, load_model, read_safetensors, write_hf_files
+
+CHECKSUMS = "sha256"  # checkpoint.json's key: {file name: hex digest} of the checkpoint's other files
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: a file that changed since it was written (its sha256), is
+    missing, truncated or unreadable, or weights with NaN/inf. The message is one line naming the file."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_checksums(directory: str) -> dict[str, str]:
+    """sha256 of every file of a checkpoint directory but checkpoint.json itself."""
+    return {name: file_sha256(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
+            if name != CHECKPOINT_INFO and os.path.isfile(os.path.join(directory, name))}
+
+
+def verify_checkpoint(ckpt: str, skip: tuple[str, ...] = ()) -> None:
+    """Check the files of a checkpoint against the sha256 checkpoint.json recorded (except `skip`);
+    a CheckpointError naming the first that differs or is missing. Nothing to check for checkpoints
+    written before checksums were recorded, or for directories that are not our checkpoints. A
+    pruned trainer_state.pt is not missing."""
+    info_path = os.path.join(ckpt, CHECKPOINT_INFO)
+    if not os.path.isfile(info_path):
+        return
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{info_path}: unreadable ({_first_line(e)}); the checkpoint cannot be "
+                              f"checked") from e
+    sums = info.get(CHECKSUMS) if isinstance(info, dict) else None
+    for name, want in sorted((sums or {}).items()):
+        path = os.path.join(ckpt, name)
+        if name in skip or (name == TRAINER_STATE and not os.path.exists(path)):
+            continue
+        try:
+            got = file_sha256(path)
+        except OSError as e:
+            raise CheckpointError(f"{path}: missing or unreadable ({_first_line(e)}); checkpoint.json "
+                                  f"lists it") from e
+        if got != want:
+            raise CheckpointError(f"{path}: corrupt (its sha256 differs from the one recorded when the checkpoint "
+                                  f"was written: changed, truncated or damaged on disk)")
 
 
 def rng_states() -> dict:
@@ -76,15 +138,18 @@ def save_checkpoint(run_dir: str, model, state: TrainerState, run_config_yaml: s
     final = run.checkpoint(state.step)
     with atomic_dir(final, overwrite=True) as tmp:
         write_hf_files(model, tmp, tokenizer)
-        torch.save(state.to_dict(), os.path.join(tmp, TRAINER_STATE))
-        # What the weights are, kept when trainer_state.pt is pruned (generate.py --checkpoints).
-        val = state.last_val_loss
-        info = {"step": state.step, "tokens": state.tokens, "loss": state.last_loss,
-                "val_loss": val[1] if val and val[0] == state.step else None}
-        with open(os.path.join(tmp, CHECKPOINT_INFO), "w") as f:
-            json.dump(info, f, indent=1)
+        with open(os.path.join(tmp, TRAINER_STATE), "wb") as f:
+            torch.save(state.to_dict(), f)
         with open(os.path.join(tmp, RUN_CONFIG), "w") as f:
             f.write(run_config_yaml)
+        # What the weights are, kept when trainer_state.pt is pruned (generate.py --checkpoints), and
+        # the sha256 of every other file (verify_checkpoint).
+        val = state.last_val_loss
+        info = {"step": state.step, "tokens": state.tokens, "loss": state.last_loss,
+                "val_loss": val[1] if val and val[0] == state.step else None,
+                CHECKSUMS: checkpoint_checksums(tmp)}
+        with open(os.path.join(tmp, CHECKPOINT_INFO), "w") as f:
+            json.dump(info, f, indent=1)
     atomic_write_bytes(run.latest, [os.path.basename(final).encode() + b"\n"])
     with_state = [d for _, d in list_checkpoints(run_dir) if os.path.exists(os.path.join(d, TRAINER_STATE))]
     for d in with_state[:-keep_trainer_states]:
@@ -118,10 +183,16 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def resolve_resumable(path: str) -> str:
-    """A checkpoint directory, or a run directory (its latest checkpoint), that can be resumed."""
+    """A checkpoint directory, or a run directory (its latest checkpoint), that can be resumed, checked
+    by loading it (load_checkpoint then returns what was loaded without reading it again). A bad
+    checkpoint named explicitly is a CheckpointError; for a run directory whose latest checkpoint is
+    bad, a warning names the bad file and the newest good earlier checkpoint is resumed instead."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
-    ckpt = path if os.path.isfile(os.path.join(path, TRAINER_STATE)) else latest_checkpoint(path)
+    if os.path.isfile(os.path.join(path, TRAINER_STATE)):
+        _check_resumable(path)
+        return path
+    ckpt = latest_checkpoint(path)
     if ckpt is None:
         if os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
             latest = latest_checkpoint(os.path.dirname(os.path.dirname(os.path.abspath(path))))
@@ -130,21 +201,70 @@ def resolve_resumable(path: str) -> str:
         raise FileNotFoundError(f"{path} has no checkpoints (looked for {Run(path).checkpoints})")
     if not os.path.isfile(os.path.join(ckpt, TRAINER_STATE)):
         raise FileNotFoundError(f"{ckpt} has no {TRAINER_STATE}; cannot resume from it")
-    return ckpt
+    m = STEP_NAME.match(os.path.basename(ckpt))
+    earlier = [d for s, d in reversed(list_checkpoints(path))
+               if d != ckpt and (m is None or s < int(m.group(1))) and os.path.isfile(os.path.join(d, TRAINER_STATE))]
+    problems = []
+    for candidate in [ckpt, *earlier]:
+        try:
+            _check_resumable(candidate)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            print(f"warning: {'; '.join(problems)}; resuming from {candidate} instead, the newest good checkpoint",
+                  file=sys.stderr, flush=True)
+        return candidate
+    raise CheckpointError(f"{path}: no checkpoint of the run can be resumed: {'; '.join(problems)}")
+
+
+# The checkpoint resolve_resumable loaded to check it, handed once to the load_checkpoint that follows.
+_checked: tuple[tuple, tuple] | None = None
+
+
+def _stamp(ckpt: str) -> tuple:
+    ckpt = os.path.realpath(ckpt)
+    return (ckpt, tuple(sorted((n, os.stat(os.path.join(ckpt, n)).st_size, os.stat(os.path.join(ckpt, n)).st_mtime_ns)
+                               for n in os.listdir(ckpt))))
+
+
+def _check_resumable(ckpt: str) -> None:
+    global _checked
+    _checked = None
+    loaded = load_checkpoint(ckpt)
+    _checked = (_stamp(ckpt), loaded)
 
 
 def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, str]:
-    """(model state dict, trainer state, run config YAML) of a checkpoint directory."""
-    weights = read_safetensors(ckpt)
+    """(model state dict, trainer state, run config YAML) of a checkpoint directory, its files checked
+    against their recorded sha256 and the weights for NaN/inf: a CheckpointError naming the bad file."""
+    global _checked
+    if _checked is not None:
+        stamp, loaded = _checked
+        _checked = None
+        try:
+            if stamp == _stamp(ckpt):
+                return loaded
+        except OSError:
+            pass
+    verify_checkpoint(ckpt)
+    try:
+        weights = read_safetensors(ckpt)
+    except ValueError as e:
+        raise CheckpointError(_first_line(e)) from e
+    try:
+        check_finite(weights, os.path.join(ckpt, WEIGHTS_FILE))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     path = os.path.join(ckpt, TRAINER_STATE)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable trainer state ({e})") from e
+        raise CheckpointError(f"{path}: not a readable trainer state (truncated or corrupt? {_first_line(e)})") from e
     try:
         state = TrainerState.from_dict(saved)
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a trainer state of this trainer (missing or malformed: {e})") from e
+        raise CheckpointError(f"{path}: not a trainer state of this trainer (missing or malformed: {e})") from e
     with open(os.path.join(ckpt, RUN_CONFIG)) as f:
         run_config_yaml = f.read()
     return weights, state, run_config_yaml
@@ -163,6 +283,8 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
         if ckpt is None:
             raise FileNotFoundError(f"run {source} has no checkpoints yet")
         source = ckpt
+    if os.path.isdir(source):
+        verify_checkpoint(source, skip=(TRAINER_STATE,))  # the weights, config and tokenizer files
     model = load_model(source, kernels=kernels)
     own = source.endswith(".gguf") or os.path.isfile(os.path.join(source, "tokenizer.json"))
     return model, load_tokenizer(tokenizer or (source if own else None))

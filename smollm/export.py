@@ -125,14 +125,44 @@ def _run_config(ckpt: str, run_dir: str) -> dict:
     return {}
 
 
+class UnsafeOutputError(FileExistsError):
+    """OUT is, contains or lies inside the run (or the checkpoint) being exported: writing it, and with
+    --overwrite replacing it, would delete what is exported. A FileExistsError, so callers that
+    report those report this too."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+def check_out_dir(out_dir: str, sources: list[str]) -> None:
+    """UnsafeOutputError unless out_dir is apart from every source directory (real paths: symlinks
+    and .. resolved)."""
+    out = os.path.realpath(out_dir)
+    for src in sources:
+        real = os.path.realpath(src)
+        if out == real:
+            how = "is"
+        elif _inside(real, out):
+            how = "contains"
+        elif _inside(out, real):
+            how = "lies inside"
+        else:
+            continue
+        raise UnsafeOutputError(f"refusing to export to {out_dir}: it {how} {real}, which the export reads "
+                                f"(replacing it would delete the run); choose an output directory outside the run")
+
+
 def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwrite: bool = False) -> str:
-    """Write the model directory of the run's latest checkpoint (or `checkpoint`) to out_dir."""
+    """Write the model directory of the run's latest checkpoint (or `checkpoint`) to out_dir, which
+    must lie apart from the run and the checkpoint (UnsafeOutputError)."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     ckpt = checkpoint or latest_checkpoint(run_dir)
     if ckpt is None or not os.path.isdir(ckpt):
         raise FileNotFoundError(f"no checkpoint to export in {run_dir}" if ckpt is None else
                                 f"checkpoint {ckpt} does not exist")
+    check_out_dir(out_dir, [run_dir, ckpt])
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")

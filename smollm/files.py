@@ -8,6 +8,7 @@ Also the one test of whether a string names a Hugging Face hub repository rather
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -24,6 +25,53 @@ def is_hub_id(name: str) -> bool:
             and not os.path.exists(name))
 
 
+# What a write that fails for a reason of the disk says: one sentence, the destination and the cause.
+_CAUSES = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+# Libraries that write with their own code (safetensors, torch.save to a path) raise their own
+# exception types; the cause is in the message text or in the chained OSError.
+_CAUSE_TEXTS = {errno.ENOSPC: ("No space left on device", "os error 28"), errno.EDQUOT: ("Disk quota exceeded",),
+                errno.EROFS: ("Read-only file system", "os error 30"), errno.EACCES: ("Permission denied",)}
+
+
+class WriteError(OSError):
+    """A file or directory of the project could not be written because of the disk: full (ENOSPC,
+    EDQUOT), read-only (EROFS) or not ours to write (EACCES, EPERM). errno and filename (the
+    destination) are set; str() is one sentence; the temporary is removed and the previous file or
+    directory at the destination is left as it was."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror} (the previous version, if any, is unchanged)"
+
+
+def _disk_errno(exc: BaseException, directory: str) -> int | None:
+    """The errno of a failed write when the disk caused it (ENOSPC, EROFS, EACCES, ...), else None."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _CAUSES:
+            return e.errno
+        text = str(e)
+        for code, needles in _CAUSE_TEXTS.items():
+            if any(n in text for n in needles):
+                return code
+        e = e.__cause__ or e.__context__
+    if isinstance(exc, (OSError, RuntimeError)):  # torch.save to a path says only "file write failed"
+        try:
+            if shutil.disk_usage(directory).free < 1 << 20:
+                return errno.ENOSPC
+        except OSError:
+            pass
+    return None
+
+
+def _as_write_error(exc: Exception, path: str, directory: str) -> Exception:
+    if isinstance(exc, WriteError):
+        return exc
+    code = _disk_errno(exc, directory)
+    return exc if code is None else WriteError(code, _CAUSES[code], path)
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -38,15 +86,21 @@ def atomic_path(path: str, suffix: str = ""):
     library's save); on success it is fsynced, made world-readable and renamed to `path`; on
     failure it is removed and `path` is left as it was."""
     path = os.path.abspath(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(path))
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(path))
+        os.close(fd)
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; what we write is for everyone to read
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        err = _as_write_error(e, path, os.path.dirname(path))
+        if err is e:
+            raise
+        raise err from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -66,11 +120,26 @@ def atomic_write_json(path: str, obj) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """One JSON object per line (empty when the file does not exist yet)."""
+    """One JSON object per line (empty when the file does not exist yet). A torn last line (half
+    written when the process was killed) is dropped with a warning; a bad line before it is an
+    error (ValueError) naming the file and the line."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            if i == len(lines) - 1:
+                import sys
+
+                print(f"warning: {path}: dropped a torn last line (line {n}, {len(line.rstrip())} characters, "
+                      f"not JSON: a write cut short)", file=sys.stderr, flush=True)
+            else:
+                raise ValueError(f"{path}: line {n} is not JSON ({e}); fix or remove that line") from None
+    return records
 
 
 @contextlib.contextmanager
@@ -81,21 +150,37 @@ def atomic_dir(out_dir: str, overwrite: bool = False):
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite to replace it")
     parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
+    tmp = None
     try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
         yield tmp
-        for name in os.listdir(tmp):
-            if os.path.isfile(os.path.join(tmp, name)):
-                _fsync_file(os.path.join(tmp, name))
+        # Every file world-readable like the rest (libraries' writers and mkstemp may make 0600 ones).
+        for root, dirs, names in os.walk(tmp):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+            for name in names:
+                if os.path.isfile(os.path.join(root, name)) and not os.path.islink(os.path.join(root, name)):
+                    os.chmod(os.path.join(root, name), 0o644)
+                    _fsync_file(os.path.join(root, name))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700 directories
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)
             os.replace(out_dir, os.path.join(old, "x"))
-            os.replace(tmp, out_dir)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                os.replace(os.path.join(old, "x"), out_dir)  # the previous one back in place
+                os.rmdir(old)
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, out_dir)
+    except Exception as e:
+        err = _as_write_error(e, out_dir, parent)
+        if err is e:
+            raise
+        raise err from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

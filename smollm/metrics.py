@@ -75,9 +75,9 @@ class MetricsLog:
         """Forget lines written after `step` (a resumed run writes them again)."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_bytes(self.path, [line.encode() for line in keep])
+        # read_jsonl drops a torn last line (a kill mid-write) with a warning; the rewrite removes it
+        keep = [r for r in read_jsonl(self.path) if r["step"] <= step]
+        atomic_write_bytes(self.path, [(json.dumps(r) + "\n").encode() for r in keep])
 
     def close(self):
         if self.tb is not None:

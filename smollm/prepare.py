@@ -1,10 +1,10 @@
 """Prepare token shards from a corpus: `python -m smollm.prepare --help`.
 
 Sources: the Hugging Face dataset HuggingFaceTB/smollm-corpus (config cosmopedia-v2, column text),
-streamed; local files (txt: one document per file; jsonl and parquet: one per row); or the offline
-default, the Python standard library's own source files. Documents are tokenized in batches across
-worker processes, each followed by <|endoftext|>, and a hashed fraction of documents goes to the
-validation split.
+streamed; local files (txt: one document per file; jsonl and parquet: one per row; UTF-8, or the run
+stops naming the file and line); or the offline default, the Python standard library's own source
+files. Documents are tokenized in batches across worker processes, each followed by <|endoftext|>,
+and a hashed fraction of documents goes to the validation split.
 
 Resumable: shards are committed one at a time (the train shard, plus the validation documents met
 since the last commit as a validation shard of the same index), and meta.json records after each
@@ -60,6 +60,17 @@ def _read_text(path: str) -> str | None:
         return None  # a few stdlib test files are deliberately not UTF-8
 
 
+def _decode(data: bytes, path: str, line: int | None = None) -> str:
+    """`data` as UTF-8; invalid UTF-8 raises, naming the file, line and byte (the policy: local files
+    must be UTF-8, nothing is dropped or replaced without a word)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"{line}:{e.start + 1}" if line is not None else str(data.count(b"\n", 0, e.start) + 1)
+        raise ValueError(f"{path}:{where}: not valid UTF-8 (byte {data[e.start]:#04x}); re-encode the file as "
+                         f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def iter_stdlib(skip: int = 0) -> Iterator[str]:
     root, files = stdlib_files()
     for rel in files[skip:]:
@@ -73,6 +84,9 @@ def expand_globs(patterns: list[str]) -> list[str]:
         if not matched:
             raise FileNotFoundError(f"source {pattern!r} matches no file")
         files += [m for m in matched if os.path.isfile(m)]
+    for path in files:  # checked before anything starts, not when the run reaches the file
+        if not path.endswith((".txt", ".jsonl", ".parquet")):
+            raise ValueError(f"{path}: unsupported file type (txt, jsonl or parquet)")
     return files
 
 
@@ -80,7 +94,8 @@ def iter_local(files: list[str], column: str, skip: int = 0) -> Iterator[str]:
     seen = 0
     for path in files:
         if path.endswith(".txt"):
-            docs = [(_read_text(path) or "")]
+            with open(path, "rb") as f:
+                docs = [_decode(f.read(), path)]
         elif path.endswith(".jsonl"):
             docs = _jsonl_column(path, column)
         elif path.endswith(".parquet"):
@@ -94,10 +109,11 @@ def iter_local(files: list[str], column: str, skip: int = 0) -> Iterator[str]:
 
 
 def _jsonl_column(path: str, column: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            line = _decode(raw, path, n)
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -194,26 +210,73 @@ def prepare(source: list[str], out: str, tokenizer=None, tokenizer_name: str | N
     """Tokenize `source` into shards under `out`; resumes a partial run there. Returns meta."""
     from smollm.tokenizer import load_tokenizer
 
-    tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name)
-    fresh = _new_meta(tok, tokenizer_name, source, val_fraction, shard_tokens)
-    meta = _resume_or_start(out, fresh)
-    if meta.get("complete"):
-        return meta
-    description, docs = open_source(source, column, skip=meta["docs_done"])
-    meta["source"] = description
-    shards = _Shards(out, meta, fresh["vocab_size"], fresh["eos_id"])
     workers, threads = _pool_size(workers, threads)
-    budget_left = None if max_tokens is None else max_tokens - sum(meta["tokens"].values())
-    t0 = time.perf_counter()
-    stop, waited = _tokenize(docs, tok, shards, workers=workers, threads=threads, batch_docs=batch_docs,
-                             val_fraction=val_fraction, shard_tokens=shard_tokens, budget_left=budget_left,
-                             max_commits=max_commits, progress=progress, t0=t0)
-    if stop == "interrupted":
-        return meta
-    return _finish(shards, source, t0, waited)
+    if (max_tokens is not None and max_tokens < 1) or shard_tokens < 1:
+        raise ValueError(f"the token budget ({max_tokens}) and tokens per shard ({shard_tokens}) must be at least 1")
+    tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_name)
+    fresh = _new_meta(tok, tokenizer_name, source, val_fraction, shard_tokens, max_tokens)
+    made = _missing_dirs(out)
+    started = False
+    try:
+        meta = _resume_or_start(out, fresh)
+        if meta.get("complete"):
+            return meta
+        started = True
+        description, docs = open_source(source, column, skip=meta["docs_done"])
+        meta["source"], meta["max_tokens"] = description, max_tokens  # the budget may change on a resume
+        shards = _Shards(out, meta, fresh["vocab_size"], fresh["eos_id"])
+        # meta.json before the first shard: a run killed before its first commit resumes like any other.
+        atomic_write_json(shards.meta_path, meta)
+        budget_left = None if max_tokens is None else max_tokens - sum(meta["tokens"].values())
+        t0 = time.perf_counter()
+        stop, waited = _tokenize(docs, tok, shards, workers=workers, threads=threads, batch_docs=batch_docs,
+                                 val_fraction=val_fraction, shard_tokens=shard_tokens, budget_left=budget_left,
+                                 max_commits=max_commits, progress=progress, t0=t0)
+        if stop == "interrupted":
+            return meta
+        return _finish(shards, source, t0, waited)
+    except BaseException:
+        _undo_empty_start(out, made, started)
+        raise
 
 
-def _new_meta(tok, tokenizer_name: str | None, source: list[str], val_fraction: float, shard_tokens: int) -> dict:
+def _missing_dirs(path: str) -> list[str]:
+    """The directories that creating `path` will make, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _undo_empty_start(out: str, made: list[str], started: bool) -> None:
+    """After a failed run: when nothing was committed (no shard in meta.json), removes the meta.json
+    this run wrote, and then the directories it created if they are empty, so that the same --out can
+    be used once the cause is fixed. A dataset with shards is kept as it is, to be resumed."""
+    meta_path = os.path.join(out, "meta.json")
+    if started and os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as f:
+                committed = bool(json.load(f).get("shards"))
+        except (OSError, ValueError):
+            committed = True  # cannot tell: keep it
+        if not committed:
+            os.unlink(meta_path)
+    for d in made:
+        try:
+            os.rmdir(d)  # only when empty
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+
+
+def _new_meta(tok, tokenizer_name: str | None, source: list[str], val_fraction: float, shard_tokens: int,
+              max_tokens: int | None = None) -> dict:
     """meta.json of a run that has not started. It records the tokenizer's identity (name, vocabulary
     fingerprint and size) so that a resumed run can refuse a different one: shards made with two
     tokenizers would mix ids of different meanings. Raises if `tok` cannot make uint16 shards whose
@@ -227,18 +290,25 @@ def _new_meta(tok, tokenizer_name: str | None, source: list[str], val_fraction: 
     return {"format": "smollm-triton token shards v1", "tokenizer": tokenizer_name or tok.name_or_path,
             "tokenizer_fingerprint": tokenizer_fingerprint(tok), "vocab_size": vocab_size, "eos_id": eos_id,
             "source_arg": source, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
-            "docs_done": 0, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
+            "max_tokens": max_tokens, "docs_done": 0, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
             "shards": [], "complete": False}
 
 
 def _resume_or_start(out: str, fresh: dict) -> dict:
     """The meta of the run to continue in `out` (created if missing): its meta.json when a run there
-    used the same tokenizer and source, else `fresh` for an empty directory. Anything else raises
-    before a file is touched, so a wrong --out never mixes two datasets or overwrites one."""
+    used the same tokenizer, source and --val-fraction (and, once complete, the same --tokens and
+    --shard-tokens), else `fresh` for an empty directory or one holding only the `.tmp-*` files of a
+    killed run. Anything else raises before a file is touched, so a wrong --out never mixes two
+    datasets or overwrites one. Leftover `.tmp-*` files (half-written shards) are removed."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out} exists and is not a directory; choose another --out")
     os.makedirs(out, exist_ok=True)
-    if not os.path.exists(os.path.join(out, "meta.json")):
-        if os.listdir(out):
+    names = os.listdir(out)
+    leftovers = [n for n in names if n.startswith(".tmp-") and os.path.isfile(os.path.join(out, n))]
+    if "meta.json" not in names:
+        if set(names) - set(leftovers):
             raise ValueError(f"{out} is not empty and has no meta.json; choose an empty or new directory")
+        _remove(out, leftovers)
         return fresh
     meta = read_meta(out)
     if (meta.get("tokenizer_fingerprint") != fresh["tokenizer_fingerprint"]
@@ -248,7 +318,32 @@ def _resume_or_start(out: str, fresh: dict) -> dict:
     if meta.get("source_arg") != fresh["source_arg"]:
         raise ValueError(f"{out} was prepared from {meta.get('source_arg')}, not {fresh['source_arg']}; choose "
                          f"another --out. Nothing was changed.")
+    # A different --val-fraction would send documents of one run to two splits; a finished dataset is
+    # only returned for the arguments that made it (metas written before these keys existed: not checked).
+    keys = [("val_fraction", "--val-fraction")]
+    if meta.get("complete"):
+        keys += [("max_tokens", "--tokens"), ("shard_tokens", "--shard-tokens")]
+    changed = [f"{flag} {_shown(meta[k])} (asked: {_shown(fresh[k])})" for k, flag in keys
+               if k in meta and meta[k] != fresh[k]]
+    if changed:
+        state = "a finished dataset" if meta.get("complete") else "a partial dataset"
+        raise ValueError(f"{out} holds {state} made with {', '.join(changed)}; rerun with its values "
+                         f"{'to use' if meta.get('complete') else 'to resume'} it, or choose another --out for a "
+                         f"new dataset. Nothing was changed.")
+    _remove(out, leftovers)
     return meta
+
+
+def _shown(value) -> str:
+    return "all (the whole source)" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _remove(out: str, names: list[str]) -> None:
+    for n in names:
+        try:
+            os.unlink(os.path.join(out, n))
+        except FileNotFoundError:
+            pass
 
 
 def _pool_size(workers: int | None, threads: int | None) -> tuple[int, int]:
@@ -326,9 +421,11 @@ def _tokenize(docs: Iterator[str], tok, shards: _Shards, *, workers: int, thread
     bar = tqdm(desc=f"tokenizing -> {shards.out}", unit=" tok", unit_scale=True, mininterval=1.0,
                disable=not progress)
     seen_docs, seen_tokens, stop, waited = 0, 0, None, 0.0
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads)) as pool:
-        for (all_ids, lengths, splits), wait in _encode_ahead(pool, _batched(docs, batch_docs), val_fraction,
-                                                              ahead=2 * workers):
+    pool = ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads))
+    in_flight: deque = deque()
+    encoded = _encode_ahead(pool, _batched(docs, batch_docs), val_fraction, ahead=2 * workers, in_flight=in_flight)
+    try:
+        for (all_ids, lengths, splits), wait in encoded:
             waited += wait
             # all_ids: (sum of lengths,) uint16, the batch's documents end to end; lengths, splits: (docs,)
             for end, n, which in zip(np.cumsum(lengths).tolist(), lengths.tolist(), splits.tolist()):
@@ -351,20 +448,24 @@ def _tokenize(docs: Iterator[str], tok, shards: _Shards, *, workers: int, thread
             bar.set_postfix(docs_per_s=f"{seen_docs / elapsed:,.0f}", tok_per_s=f"{seen_tokens / elapsed:,.0f}")
             if stop is not None:
                 break
-        pool.terminate()
-    bar.close()
+    finally:
+        encoded.close()  # submits nothing more
+        _stop_pool(pool, in_flight)
+        bar.close()
     return stop, waited
 
 
-def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float,
-                  ahead: int) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]]:
+def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float, ahead: int,
+                  in_flight: deque) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], float]]:
     """encode_batch's result for each batch, in order, with the seconds spent waiting for it. `ahead`
     batches are in flight at a time: enough to keep every worker busy, few enough that the corpus
-    never sits in memory."""
-    in_flight = deque(pool.apply_async(encode_batch, (batch, val_fraction)) for batch in islice(batches, ahead))
+    never sits in memory. `in_flight` (the caller's, empty) holds the batches submitted and not yet
+    taken, for _stop_pool to wait for."""
+    in_flight.extend(pool.apply_async(encode_batch, (batch, val_fraction)) for batch in islice(batches, ahead))
     while in_flight:
         t_wait = time.perf_counter()
-        result = in_flight.popleft().get()
+        result = in_flight[0].get()
+        in_flight.popleft()
         waited = time.perf_counter() - t_wait
         batch = next(batches, None)
         if batch is not None:
@@ -372,19 +473,32 @@ def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float,
         yield result, waited
 
 
+def _stop_pool(pool, in_flight: deque, patience: float = 120.0) -> None:
+    """Stops the workers without pool.terminate() while one may be mid-result: a worker killed while
+    writing its result to the pool's pipe leaves half a message there, and terminate() then waits
+    for the rest of it for good (a known multiprocessing hazard; seen as a prepare stuck at 0% CPU).
+    Waits for the batches still in flight (at most 2 per worker), then close() lets each worker take
+    a sentinel and exit, and join() waits for them. Only if a result never comes (a worker died
+    mid-batch: killed from outside) does it fall back to terminate(), when the others are idle."""
+    deadline = time.monotonic() + patience
+    for result in in_flight:
+        result.wait(max(0.0, deadline - time.monotonic()))
+    if all(result.ready() for result in in_flight):
+        pool.close()
+        pool.join()
+    else:
+        pool.terminate()
+
+
 def _finish(shards: _Shards, source: list[str], t0: float, waited: float) -> dict:
     """Commits what is left and marks the run complete in meta.json, which a rerun then returns as it
     is. A source without a document to train on raises instead; when it yielded no document at all,
-    meta.json is removed again, and `out` too if that leaves it empty, so that the same --out can be
-    used once the source is fixed."""
+    prepare() removes meta.json again (and `out` if it made it), so that the same --out can be used
+    once the source is fixed."""
     if shards.pending_docs:
         shards.commit()
-    meta, meta_path, out = shards.meta, shards.meta_path, shards.out
+    meta, meta_path = shards.meta, shards.meta_path
     if meta["documents"]["train"] + meta["documents"]["val"] == 0:
-        if os.path.exists(meta_path):
-            os.unlink(meta_path)
-        if not os.listdir(out):
-            os.rmdir(out)
         raise ValueError(f"source {source} has no documents with text")
     if meta["tokens"]["train"] == 0:
         raise ValueError(f"source {source}: every document went to the validation split; lower --val-fraction")
@@ -397,8 +511,38 @@ def _finish(shards: _Shards, source: list[str], t0: float, waited: float) -> dic
     return meta
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize a corpus into uint16 token shards (train + val).")
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block: main() prints it
+        raise _UsageError(f"{message} (see --help)")
+
+
+def _one_line(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    text = " ".join(str(text).split("\n")).strip() or type(e).__name__
+    known = (ValueError, KeyError, OSError, TypeError, RuntimeError, _UsageError)
+    return text if isinstance(e, known) else f"{type(e).__name__}: {text}"
+
+
+def main(argv=None) -> int:
+    """The command line. Every error is one line on stderr and exit code 2 (no traceback); an
+    interrupted run says how to resume and exits with 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("prepare: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        print(f"prepare: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
+    p = _Parser(prog="python -m smollm.prepare",
+                description="Tokenize a corpus into uint16 token shards (train + val).")
     p.add_argument("--source", nargs="+", default=["stdlib"],
                    help="'stdlib' (offline default: the Python standard library's sources), 'hf' "
                         f"(= hf:{HF_DATASET}:{HF_CONFIG}, streamed), hf:NAME[:CONFIG], or local files/globs "
@@ -415,10 +559,21 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    counts = {}
+    for flag, value in (("--tokens", args.tokens), ("--shard-tokens", args.shard_tokens)):
+        if value is not None:
+            try:
+                counts[flag] = parse_count(value)
+            except ValueError as e:
+                p.error(f"{flag}: {e}")
+            if counts[flag] < 1:
+                p.error(f"{flag} must be at least 1, got {value!r}")
     meta = prepare(args.source, args.out, tokenizer_name=args.tokenizer, column=args.column,
-                   max_tokens=parse_count(args.tokens) if args.tokens else None,
-                   shard_tokens=parse_count(args.shard_tokens), val_fraction=args.val_fraction, workers=args.workers,
-                   threads=args.threads)
+                   max_tokens=counts.get("--tokens"), shard_tokens=counts["--shard-tokens"],
+                   val_fraction=args.val_fraction, workers=args.workers, threads=args.threads)
     print(f"{args.out}: {meta['tokens']['train']:,} train tokens ({meta['documents']['train']:,} documents), "
           f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']:,} documents), "
           f"{len(meta['shards'])} shards")

@@ -6,6 +6,7 @@
     <run>/samples.md            the same, to read
     <run>/loss.png              the loss curve
     <run>/tensorboard/          the same scalars for TensorBoard (when it is installed)
+    <run>/train.lock            while a run trains into it: {pid, host, started} of that process
     <run>/checkpoints/latest    the name of the newest checkpoint
     <run>/checkpoints/step_000123/
         model.safetensors, config.json, generation_config.json, tokenizer files: a Hugging Face directory
@@ -16,8 +17,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import sys
+import time
 from dataclasses import dataclass
 
 CHECKPOINTS = "checkpoints"
@@ -28,6 +33,8 @@ SAMPLES_JSONL = "samples.jsonl"
 SAMPLES_MD = "samples.md"
 LOSS_PNG = "loss.png"
 TENSORBOARD = "tensorboard"
+LOCK = "train.lock"
+TMP_PREFIX = ".tmp-"  # smollm.files' temporary names: what a kill mid-checkpoint leaves behind
 # Inside a checkpoint directory (besides the Hugging Face files, smollm.weights)
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_INFO = "checkpoint.json"
@@ -73,6 +80,10 @@ class Run:
         return self.file(TENSORBOARD)
 
     @property
+    def lock(self) -> str:
+        return self.file(LOCK)
+
+    @property
     def checkpoints(self) -> str:
         return self.file(CHECKPOINTS)
 
@@ -87,3 +98,70 @@ class Run:
 def is_run_dir(path: str) -> bool:
     """A directory that holds (or held) checkpoints."""
     return os.path.isdir(Run(path).checkpoints)
+
+
+class RunLocked(FileExistsError):
+    """Another live process trains into this run directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def acquire_lock(run_dir: str) -> str:
+    """Take <run>/train.lock for this process ({pid, host, started}). A lock of a live process, or of
+    another host (whose processes cannot be checked), refuses with RunLocked naming the holder; a
+    lock of a dead process of this host is taken over with a warning. Returns the lock's path."""
+    path = Run(run_dir).lock
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(me, f)
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)  # atomic, and the lock is whole when it appears
+                return path
+            except FileExistsError:
+                pass
+            try:
+                with open(path) as f:
+                    holder = json.load(f)
+                pid, host, started = int(holder["pid"]), str(holder["host"]), holder.get("started", "?")
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except (ValueError, KeyError, TypeError, OSError):
+                holder = None
+            if holder is not None and (host != me["host"] or _pid_alive(pid)):
+                where = "this host" if host == me["host"] else f"host {host}"
+                raise RunLocked(f"{run_dir} is in use by another run (pid {pid} on {where}, started {started}; "
+                                f"lock file {path}); wait for it to end, or choose another log.out_dir=...")
+            what = (f"pid {pid} on this host, started {started}, is no longer running" if holder is not None
+                    else "it is unreadable")
+            print(f"warning: taking over the stale lock {path} ({what})", file=sys.stderr, flush=True)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        raise RunLocked(f"{run_dir}: could not take the lock file {path}; another run is starting there")
+    finally:
+        os.unlink(tmp)
+
+
+def release_lock(run_dir: str) -> None:
+    """Remove <run>/train.lock if this process holds it."""
+    path = Run(run_dir).lock
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            os.unlink(path)
+    except (OSError, ValueError, AttributeError):
+        pass

@@ -4,6 +4,7 @@ only numpy and tokenizers (not torch)."""
 import hashlib
 import itertools
 import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,6 +26,9 @@ def init_worker(tokenizer_json: str, threads: int):
     child forked from a parent that has already encoded in parallel (any batched `tok(...)` call)
     silently falls back to one thread. Plain threads started here work whatever the parent did."""
     global _worker_tok, _worker_threads
+    # Ctrl-C reaches the whole process group: the main process stops the workers (prepare._stop_pool),
+    # which finish their batch; one killed mid-batch by the signal would leave its result missing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one Rust thread per call; we bring the threads
     from tokenizers import Tokenizer
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,10 +32,10 @@ from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.files import atomic_write_text
 from smollm.metrics import MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
-from smollm.runs import Run
+from smollm.runs import CHECKPOINTS, TMP_PREFIX, Run, acquire_lock, release_lock
 from smollm.samples import add_samples, continuations, truncate_samples_after
 from smollm.schedule import lr_factor
-from smollm.train_config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
+from smollm.train_config import ConfigError, RunConfig, ScheduleSection, apply_overrides, from_dict, load_config
 from smollm.weights import load_state_checked
 
 IGNORE_INDEX = -100
@@ -214,6 +216,10 @@ class StopSignal:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)", file=sys.stderr, flush=True)
+        else:
+            print(f"\n{self.requested}: stopping after this step, with a checkpoint", file=sys.stderr, flush=True)
 
     def restore(self):
         for sig, old in self._old.items():
@@ -222,18 +228,72 @@ class StopSignal:
 
 # ------------------------------------------------------------------------------ setup --
 
-def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> Run:
-    """The run directory and its dataset, made ready by rank 0 while the other ranks wait."""
+def _first_missing(path: str) -> str | None:
+    """The outermost directory of `path` that does not exist yet (what makedirs will create)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def remove_created_dirs(run_dir: str, top: str | None) -> None:
+    """After a failed start: the directories from run_dir up to `top` that this start created, if empty."""
+    if top is None:
+        return
+    path = os.path.abspath(run_dir)
+    while path == top or path.startswith(top + os.sep):
+        try:
+            os.rmdir(path)  # only when empty
+        except OSError:
+            return
+        path = os.path.dirname(path)
+
+
+def remove_checkpoint_leftovers(run: Run) -> None:
+    """The temporary entries (.tmp-*) a kill mid-checkpoint left in <run>/checkpoints/."""
+    root = run.checkpoints
+    if not os.path.isdir(root):
+        return
+    names = sorted(n for n in os.listdir(root) if n.startswith(TMP_PREFIX))
+    for name in names:
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    if names:
+        print(f"note: removed {len(names)} unfinished checkpoint temporar{'y' if len(names) == 1 else 'ies'} "
+              f"left in {root} by an interrupted run: {', '.join(names)}", flush=True)
+
+
+def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> tuple[Run, str | None]:
+    """The run directory (locked by rank 0: smollm.runs.acquire_lock) and its dataset, made ready by
+    rank 0 while the other ranks wait. Also returns the outermost directory this start created (None:
+    none), removed again if the start fails while it is empty."""
     run = Run(cfg.log.out_dir)
+    created = None
     if d.main:
         if resume is None and list_checkpoints(run.path):
             raise FileExistsError(f"{run.path} already holds a run with checkpoints; continue it with --resume, "
                                   f"or choose another log.out_dir=...")
+        created = _first_missing(run.path)
         os.makedirs(run.path, exist_ok=True)
-        ensure_dataset(cfg)
+        try:
+            acquire_lock(run.path)
+        except BaseException:
+            remove_created_dirs(run.path, created)
+            raise
+        try:
+            remove_checkpoint_leftovers(run)
+            ensure_dataset(cfg)
+        except BaseException:
+            release_lock(run.path)
+            remove_created_dirs(run.path, created)
+            raise
     if d.world > 1:
         dist.barrier()
-    return run
+    return run, created
 
 
 def open_data(cfg: RunConfig, d: Dist) -> tuple[TokenWindows, TokenWindows | None]:
@@ -273,6 +333,51 @@ def restore(ckpt: str, weights: dict, state: TrainerState, model, opt, sched, cf
     set_rng_states(state.rng)
     if state.global_batch != d.world * cfg.train.micro_batch * cfg.train.grad_accum:
         print("warning: the global batch differs from the checkpoint's; the data order changes", flush=True)
+
+
+# What a resumed run may change (applied to the restored optimizer and scheduler), and what it may not.
+MID_RUN_KEYS = ("optim.lr", "optim.weight_decay", "optim.betas", "optim.eps", "optim.grad_clip", "train.max_steps",
+                *(f"schedule.{f.name}" for f in dataclasses.fields(ScheduleSection)))
+
+
+def resume_changes(saved_yaml: str, cfg: RunConfig, ckpt: str) -> list[tuple[str, object, object]]:
+    """(key, checkpoint's value, new value) of the settings that differ from the checkpoint's run and
+    can change mid-run; ConfigError (one line) for a change that cannot: the model's shape, data.seq_len."""
+    import yaml
+
+    where = os.path.join(ckpt, "run_config.yaml")
+    try:
+        old = from_dict(yaml.safe_load(saved_yaml), where)
+        old_model = old.model_config()
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"{where}: not a readable run configuration ({' '.join(str(e).split())})") from None
+    new_model = cfg.model_config()
+    for f in dataclasses.fields(new_model):
+        a, b = getattr(old_model, f.name), getattr(new_model, f.name)
+        if a != b:
+            raise ConfigError(f"model ({f.name}): the checkpoint {ckpt} has {f.name}={a!r}, this run asks for {b!r}; "
+                              f"a resumed run cannot change the model's shape (start a new run instead)")
+    if old.data.seq_len != cfg.data.seq_len:
+        raise ConfigError(f"data.seq_len: the checkpoint {ckpt} was trained with {old.data.seq_len}, this run asks "
+                          f"for {cfg.data.seq_len}; a resumed run cannot change it (start a new run instead)")
+    return [(k, old.get(k), cfg.get(k)) for k in MID_RUN_KEYS if old.get(k) != cfg.get(k)]
+
+
+def apply_mid_run_settings(opt, sched, cfg: RunConfig) -> None:
+    """cfg's optimizer settings and schedule over a restored optimizer and scheduler: the peak LR,
+    betas, eps and weight decay of each group, and the LR of the next step on cfg's schedule."""
+    o = cfg.optim
+    for i, group in enumerate(opt.param_groups):
+        group["initial_lr"] = o.lr
+        group["betas"] = tuple(o.betas)
+        group["eps"] = o.eps
+        if i == 0:  # the decayed matrices; norm weights (group 1) never decay
+            group["weight_decay"] = o.weight_decay
+    sched.base_lrs = [o.lr] * len(opt.param_groups)
+    lrs = [base * lmbda(sched.last_epoch) for base, lmbda in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
 
 
 def wrap(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
@@ -448,6 +553,8 @@ class Trainer:
         self.bar.close()
         if self.log is not None:
             self.log.close()
+        if self.d.main:
+            release_lock(self.run.path)
 
 
 def setup(cfg: RunConfig, resume: str | None) -> Trainer:
@@ -457,7 +564,18 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     device = pick_device(cfg.train.device, d)
     ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
     saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
-    run = start_run_dir(cfg, d, resume)
+    changes = resume_changes(saved[2], cfg, ckpt) if saved else []
+    run, created = start_run_dir(cfg, d, resume)
+    try:
+        return _build(cfg, d, device, run, ckpt, saved, changes)
+    except BaseException:
+        if d.main:
+            release_lock(run.path)
+            remove_created_dirs(run.path, created)
+        raise
+
+
+def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes) -> Trainer:
     train_windows, val_windows = open_data(cfg, d)
     tokenizer = load_run_tokenizer(cfg) if d.main else None
 
@@ -470,6 +588,12 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     if saved:
         weights, state, _ = saved
         restore(ckpt, weights, state, model, opt, sched, cfg, d)
+        if changes:
+            apply_mid_run_settings(opt, sched, cfg)
+            if d.main:
+                what = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)
+                print(f"resume: changed {what}; applied to the restored optimizer and schedule "
+                      f"(the next step's lr is {sched.get_last_lr()[0]:.3e})", flush=True)
     step = state.step if state else 0
     fwd, ddp = wrap(model, cfg, d, device)
 
@@ -575,31 +699,65 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+def run_dir_of(ckpt: str) -> str | None:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/step_N), or None for a loose one."""
+    ckpt = os.path.normpath(ckpt)
+    parent = os.path.dirname(ckpt)
+    if os.path.basename(parent) != CHECKPOINTS:
+        return None
+    return os.path.dirname(parent) or "."
+
+
 def train_command(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch.",
                                 epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200; "
                                        "other commands: train.py plot RUN, train.py export RUN OUT")
     p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue a run: its latest checkpoint (no value), a run directory or a checkpoint")
+                   help="continue a run: its latest checkpoint (no value), a run directory or a checkpoint; it "
+                        "writes into that run unless log.out_dir=... is given, and optim.*/schedule.* overrides "
+                        "apply to the restored optimizer (put overrides after the path)")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
-    try:
-        if args.resume not in (None, "latest") and args.config is None:
-            # The checkpoint carries the run's configuration; overrides still apply on top.
-            import yaml
+    import yaml
 
-            _, _, saved = load_checkpoint(resolve_resumable(args.resume))
-            cfg = apply_overrides(from_dict(yaml.safe_load(saved), args.resume), args.overrides).validate()
+    def fail(e: BaseException, code: int) -> int:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {' '.join(text.split())}", file=sys.stderr)  # one line, whatever the exception's text
+        return code
+
+    cfg = None
+    try:
+        if args.resume not in (None, "latest") and "=" in args.resume and not os.path.exists(args.resume):
+            raise ConfigError(f"--resume takes a run directory or checkpoint, not {args.resume!r}; put overrides "
+                              f"after it (train.py --resume RUN {args.resume}), or use --resume with no value "
+                              f"last (train.py {args.resume} --resume) for log.out_dir's latest checkpoint")
+        if args.resume not in (None, "latest"):
+            ckpt = resolve_resumable(args.resume)
+            if args.config is None:
+                # The checkpoint carries the run's configuration; overrides still apply on top.
+                _, _, saved = load_checkpoint(ckpt)
+                cfg = apply_overrides(from_dict(yaml.safe_load(saved), args.resume), args.overrides).validate()
+            else:
+                cfg = load_config(args.config, args.overrides)
+            # A resumed run writes where it was resumed from (a copied run dir stays a copy), unless
+            # log.out_dir=... says otherwise.
+            if not any(o.partition("=")[0].strip() == "log.out_dir" for o in args.overrides):
+                cfg.log.out_dir = run_dir_of(ckpt) or cfg.log.out_dir
         else:
             cfg = load_config(args.config or default_config(), args.overrides)
         summary = train(cfg, resume=args.resume)
     except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, FileExistsError, FileNotFoundError, ShardError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 1)
+    except KeyboardInterrupt:
+        last = latest_checkpoint(cfg.log.out_dir) if cfg is not None else None
+        print(f"aborted by Ctrl-C: no checkpoint of the step in progress; the latest is {last or 'none'}",
+              file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, ShardError, yaml.YAMLError) as e:
+        # ConfigError, FileExistsError (a lock held, a run dir with checkpoints), FileNotFoundError,
+        # unreadable or corrupt checkpoint files (load_checkpoint: ValueError naming the file)
+        return fail(e, 2)
     if summary["stopped"] is None and summary["val_loss"] is not None:
         print(f"done: step {summary['step']}, {summary['tokens']:,} tokens, val loss {summary['val_loss']:.4f}")
     if dist.is_initialized():

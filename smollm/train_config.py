@@ -96,7 +96,10 @@ class RunConfig:
     sample: SampleSection = field(default_factory=SampleSection)
 
     def model_config(self) -> ModelConfig:
-        base = get_preset(self.model.preset)
+        try:
+            base = get_preset(self.model.preset)
+        except KeyError as e:
+            raise ConfigError(f"model.preset: {e.args[0]}") from None
         names = {f.name for f in dataclasses.fields(ModelConfig)}
         for key in self.model.overrides:
             if key not in names:

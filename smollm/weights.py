@@ -67,8 +67,18 @@ def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
                 for key in f.keys():
                     state[key] = f.get_tensor(key)
         except Exception as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt? {why})") from e
     return state
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """A ValueError naming the first tensor that holds NaN or inf values (weights a diverged run wrote)."""
+    for key, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise ValueError(f"{source}: tensor {key!r} holds non-finite values ({n_nan} NaN, {n_inf} inf of "
+                             f"{t.numel()}); these weights are broken, use an earlier checkpoint")
 
 
 def load_state_checked(model: SmolLM, state: dict[str, torch.Tensor], source: str) -> None:
@@ -87,6 +97,7 @@ def load_state_checked(model: SmolLM, state: dict[str, torch.Tensor], source: st
         if tuple(state[key].shape) != tuple(ref.shape):
             raise ValueError(f"{source}: tensor {key!r} has shape {tuple(state[key].shape)}, the config "
                              f"expects {tuple(ref.shape)}")
+    check_finite(state, source)  # before the tie test: NaN != NaN would read as untied weights
     if not torch.equal(state[TIED_KEY], state["model.embed_tokens.weight"]):
         raise ValueError(f"{source}: lm_head.weight differs from model.embed_tokens.weight, but SmolLM2 ties them")
     with torch.no_grad():

@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -131,6 +132,14 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
 def test_unreadable_trainer_state_is_a_clear_error(tmp_path, model, tokenizer):
     path = _save(tmp_path / "run", model, tokenizer, 1)
     torch.save({"step": 1}, os.path.join(path, TRAINER_STATE))
+    with pytest.raises(ValueError, match=r"trainer_state\.pt: corrupt"):  # its recorded sha256 differs
+        load_checkpoint(path)
+    info_path = os.path.join(path, "checkpoint.json")  # a checkpoint from before checksums were recorded
+    with open(info_path) as f:
+        info = json.load(f)
+    del info["sha256"]
+    with open(info_path, "w") as f:
+        json.dump(info, f)
     with pytest.raises(ValueError, match=r"trainer_state\.pt: not a trainer state"):
         load_checkpoint(path)
 

@@ -1,0 +1,297 @@
+"""Faults a user meets around train.py: copied runs, two runs in one directory, overrides on resume,
+Ctrl-C, torn JSON lines, leftovers of a kill mid-checkpoint, and errors that must be one line."""
+
+import inspect
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import micro_run_overrides as _overrides
+
+import smollm.train as T
+from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
+from smollm.files import read_jsonl
+from smollm.metrics import MetricsLog
+from smollm.runs import LOCK, RunLocked, acquire_lock, release_lock
+from smollm.schedule import lr_factor
+from smollm.train_config import RunConfig, apply_overrides
+
+
+def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
+    return apply_overrides(RunConfig(), _overrides(run_dir, dataset, gguf_path, *extra)).validate()
+
+
+def _short(run_dir, dataset, gguf_path, *extra):
+    """A 2-step run with a checkpoint at step 2."""
+    return T.train(_cfg(run_dir, dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2", "log.eval_every=2",
+                        *extra))
+
+
+def _snapshot(run_dir) -> dict:
+    """Every file of a run directory and its bytes."""
+    out = {}
+    for root, _, files in os.walk(run_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, run_dir)] = f.read()
+    return out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- 1. resuming a copy of a run --
+
+def test_resuming_a_copy_writes_into_the_copy(tmp_path, dataset, gguf_path):
+    _short(tmp_path / "a", dataset, gguf_path)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    before = _snapshot(tmp_path / "a")
+    assert T.main(["--resume", str(tmp_path / "b"), "train.max_steps=4", "log.ckpt_every=4"]) == 0
+    assert _snapshot(tmp_path / "a") == before  # latest, trainer states, metrics.jsonl: untouched
+    assert latest_checkpoint(str(tmp_path / "b")).endswith("step_000004")
+    assert [m["step"] for m in read_jsonl(str(tmp_path / "b" / "metrics.jsonl")) if "loss" in m] == [1, 2, 3, 4]
+    # log.out_dir=... given explicitly still wins
+    assert T.main(["--resume", str(tmp_path / "b"), "train.max_steps=6", "log.ckpt_every=6",
+                   f"log.out_dir={tmp_path / 'c'}"]) == 0
+    assert latest_checkpoint(str(tmp_path / "c")).endswith("step_000006")
+    assert latest_checkpoint(str(tmp_path / "b")).endswith("step_000004")
+
+
+# ---------------------------------------------------------------- 2. two runs in one directory --
+
+def test_a_live_lock_refuses_a_second_run(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                            "started": "2026-01-01T00:00:00"}))
+        with pytest.raises(RunLocked, match=f"pid {holder.pid} on this host"):
+            _short(run, dataset, gguf_path)
+        assert T.main(_overrides(run, dataset, gguf_path, "train.max_steps=2")) == 2
+        err = _one_line_error(capsys)
+        assert f"pid {holder.pid}" in err and str(run) in err and "log.out_dir" in err
+        assert json.loads((run / LOCK).read_text())["pid"] == holder.pid  # the holder's lock stays
+        assert os.listdir(run) == [LOCK]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_is_released(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
+    seen = {}
+    real = T.optimizer_step
+
+    def step(*a, **k):
+        seen.setdefault("lock", json.loads((run / LOCK).read_text()))
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "optimizer_step", step)
+    _short(run, dataset, gguf_path)
+    err = capsys.readouterr().err
+    assert f"taking over the stale lock {run / LOCK}" in err and f"pid {dead.pid}" in err
+    assert seen["lock"]["pid"] == os.getpid()  # held while training
+    assert not (run / LOCK).exists()  # released at the end
+    assert latest_checkpoint(str(run)).endswith("step_000002")
+
+
+def test_lock_functions(tmp_path):
+    acquire_lock(str(tmp_path))
+    with pytest.raises(RunLocked, match="in use by another run"):
+        acquire_lock(str(tmp_path))  # this very process is alive
+    release_lock(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 3. optimizer overrides on resume --
+
+def test_optimizer_overrides_apply_on_resume(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path, "train.max_steps=4")  # checkpoints at steps 2 and 4
+    capsys.readouterr()
+    lrs = {}
+    real = T.optimizer_step
+
+    def recording(fwd, model, opt, micro, guard, step, *a, **k):
+        lrs[step] = [g["lr"] for g in opt.param_groups] + [opt.param_groups[0]["weight_decay"]]
+        return real(fwd, model, opt, micro, guard, step, *a, **k)
+
+    monkeypatch.setattr(T, "optimizer_step", recording)
+    assert T.main(["--resume", str(run / "checkpoints" / "step_000002"), "train.max_steps=6", "log.ckpt_every=6",
+                   "optim.lr=5e-4", "optim.weight_decay=0.2", "log.out_dir=" + str(tmp_path / "more")]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr 0.001 -> 0.0005" in out and "optim.weight_decay 0.01 -> 0.2" in out, out
+    cfg = _cfg(run, dataset, gguf_path, "train.max_steps=6")
+    assert sorted(lrs) == [3, 4, 5, 6]
+    for s, (lr0, lr1, wd) in lrs.items():
+        want = 5e-4 * lr_factor(s - 1, 6, cfg.schedule)
+        assert abs(lr0 - want) <= 1e-12 and abs(lr1 - want) <= 1e-12 and wd == 0.2, (s, lr0, want)
+    saved = yaml.safe_load((tmp_path / "more" / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 5e-4
+    ckpt_cfg = yaml.safe_load((tmp_path / "more" / "checkpoints" / "step_000006" / "run_config.yaml").read_text())
+    assert ckpt_cfg["optim"]["lr"] == 5e-4
+    state = torch.load(tmp_path / "more" / "checkpoints" / "step_000006" / TRAINER_STATE, weights_only=True)
+    assert state["scheduler"]["base_lrs"] == [5e-4, 5e-4]
+
+
+def test_shape_changes_are_refused_on_resume(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path)
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert T.main(["--resume", str(run), "data.seq_len=16"]) == 2
+    err = _one_line_error(capsys)
+    assert "data.seq_len" in err and "32" in err and "16" in err
+    assert T.main(["--resume", str(run), "model.overrides.hidden_size=128"]) == 2
+    err = _one_line_error(capsys)
+    assert "hidden_size=64" in err and "128" in err
+    assert _snapshot(run) == before
+
+
+# ---------------------------------------------------------------- 4. Ctrl-C --
+
+def _sigint_during_step(monkeypatch, step: int, times: int):
+    real = T.optimizer_step
+
+    def step_then_signal(*args, **kw):
+        out = real(*args, **kw)
+        if inspect.signature(real).bind(*args, **kw).arguments["step"] == step:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(T, "optimizer_step", step_then_signal)
+
+
+def test_first_ctrl_c_stops_after_the_step(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    _sigint_during_step(monkeypatch, 2, 1)
+    summary = T.train(_cfg(tmp_path / "run", dataset, gguf_path))
+    err = capsys.readouterr().err
+    assert "stopping after this step (Ctrl-C again to abort without a checkpoint)" in err
+    assert summary["stopped"] == "SIGINT" and summary["step"] == 2
+    assert latest_checkpoint(str(tmp_path / "run")).endswith("step_000002")
+    assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_second_ctrl_c_aborts_without_a_checkpoint(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    handler = signal.getsignal(signal.SIGINT)
+    _sigint_during_step(monkeypatch, 4, 2)
+    assert T.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 130
+    err = capsys.readouterr().err
+    assert "stopping after this step" in err and "aborted by Ctrl-C" in err and "step_000003" in err
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [3]
+    assert not (tmp_path / "run" / LOCK).exists()
+    assert signal.getsignal(signal.SIGINT) == handler
+
+
+# ---------------------------------------------------------------- 5. torn JSON lines --
+
+def test_read_jsonl_drops_a_torn_last_line_only(tmp_path, capsys):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert read_jsonl(str(path)) == [{"step": 1}, {"step": 2}]
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err and "torn last line" in err and "line 3" in err
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=f"{path}: line 2 is not JSON"):
+        read_jsonl(str(path))
+
+
+def test_metrics_truncate_after_tolerates_a_torn_last_line(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.25}\n{"step": 3, "lo')
+    MetricsLog(str(tmp_path), tensorboard=False).truncate_after(5)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.25}\n'
+
+
+def test_resume_after_a_torn_metrics_and_samples_line(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path)
+    metrics, samples = run / "metrics.jsonl", run / "samples.jsonl"
+    good_metrics = metrics.read_bytes()
+    good_samples = read_jsonl(str(samples))
+    with open(metrics, "a") as f:
+        f.write('{"step": 3, "tokens": 7')
+    with open(samples, "a") as f:
+        f.write('{"step": 3, "tok')
+    assert T.main(["--resume", str(run), "train.max_steps=4", "log.ckpt_every=4"]) == 0
+    err = capsys.readouterr().err
+    assert f"{metrics}: dropped a torn last line" in err and f"{samples}: dropped a torn last line" in err
+    assert metrics.read_bytes().startswith(good_metrics)  # nothing before the torn line was lost
+    assert [m["step"] for m in read_jsonl(str(metrics)) if "loss" in m] == [1, 2, 3, 4]
+    assert [s["step"] for s in read_jsonl(str(samples))] == [2, 4] and read_jsonl(str(samples))[0] == good_samples[0]
+
+
+# ---------------------------------------------------------------- 6. leftovers of a kill mid-checkpoint --
+
+def test_checkpoint_temporaries_are_removed_at_the_next_start(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path)
+    ckpts = run / "checkpoints"
+    (ckpts / ".tmp-step_000004-abc").mkdir()
+    (ckpts / ".tmp-step_000004-abc" / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".tmp-xyz").write_bytes(b"half")
+    (run / ".tmp-keep").write_bytes(b"not in checkpoints/")
+    keep = sorted(os.listdir(ckpts / "step_000002"))
+    assert T.main(["--resume", str(run), "train.max_steps=3", "log.ckpt_every=3"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 unfinished checkpoint temporaries" in out and ".tmp-xyz" in out
+    assert sorted(os.listdir(ckpts)) == ["latest", "step_000002", "step_000003"]
+    assert sorted(os.listdir(ckpts / "step_000002")) == keep
+    assert (run / ".tmp-keep").exists()
+
+
+# ---------------------------------------------------------------- 7. one-line errors, exit 2 --
+
+def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path)
+    capsys.readouterr()
+    state = run / "checkpoints" / "step_000002" / TRAINER_STATE
+
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.preset=nope")) == 2
+    err = _one_line_error(capsys)
+    assert "model.preset" in err and "'nope'" in err
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.lr=-1")) == 2
+    assert "optim.lr: must be positive, got -1" in _one_line_error(capsys)
+    assert T.main(["--resume", f"data.path={dataset}"]) == 2
+    err = _one_line_error(capsys)
+    assert "--resume takes a run directory or checkpoint" in err and "put overrides after it" in err
+    assert T.main(["--resume", str(tmp_path / "missing")]) == 2
+    assert str(tmp_path / "missing") in _one_line_error(capsys)
+
+    good = state.read_bytes()
+    state.write_bytes(good[:100])  # torn
+    assert T.main(["--resume", str(run)]) == 2
+    err = _one_line_error(capsys)
+    assert TRAINER_STATE in err and str(run) in err  # names the damaged file (checkpoint.py's wording)
+    state.write_bytes(good)
+    weights = run / "checkpoints" / "step_000002" / "model.safetensors"
+    mode = weights.stat().st_mode
+    if os.geteuid() != 0:  # root reads anything
+        weights.chmod(0)
+        try:
+            assert T.main(["--resume", str(run)]) == 2
+            assert str(weights) in _one_line_error(capsys)
+        finally:
+            weights.chmod(mode)
+    # A failed start into a new directory leaves no directory behind (the lock included).
+    # (the model's vocabulary is smaller than the dataset's: refused after the directory was made and locked)
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.overrides.vocab_size=1000")) == 2
+    assert "vocab_size is 1000" in _one_line_error(capsys)
+    assert not (tmp_path / "new").exists()
