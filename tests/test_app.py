@@ -130,12 +130,12 @@ def test_in_a_headless_browser(served, run, tmp_path):
 
 
 def test_models_are_loaded_once_and_reused(run, monkeypatch):
-    import smollm.weights as W
+    import smollm.checkpoint as C
     from smollm.app import Models
 
     calls = []
-    real = W.load_model
-    monkeypatch.setattr(W, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    real = C.load_model  # what smollm.checkpoint.load calls
+    monkeypatch.setattr(C, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     models = Models(keep=1)
     first = os.path.join(run, "checkpoints", "step_000003")
     second = os.path.join(run, "checkpoints", "step_000006")
