@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import inspect
 import os
 import queue
 import sys
@@ -50,6 +51,13 @@ class Models:
             return self.loaded[source]
 
 
+def user_error(message: str) -> gr.Error:
+    """A message for the user (shown in the app), without a traceback in the app's console."""
+    if "print_exception" in inspect.signature(gr.Error).parameters:
+        return gr.Error(message, print_exception=False)
+    return gr.Error(message)
+
+
 def find_runs(patterns: list[str]) -> list[str]:
     """Run directories (those with checkpoints) among the given paths and globs."""
     runs = []
@@ -80,14 +88,20 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
                         top_p=float(top_p) if top_p is not None and float(top_p) < 1 else None,
                         repetition_penalty=float(repetition_penalty), seed=int(seed or 0))
     except (TypeError, ValueError) as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(str(e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    """str(e) on one line (a KeyError's quotes dropped)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
 
 
 def _check_source(source: str) -> str:
     if not source:
-        raise gr.Error("Choose a model.")
+        raise user_error("Choose a model.")
     if not os.path.exists(source) and not is_hub_id(source):
-        raise gr.Error(f"Model or checkpoint {source} does not exist.")
+        raise user_error(f"Model or checkpoint {source} does not exist.")
     return source
 
 
@@ -95,12 +109,12 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
                 repetition_penalty, seed):
     """Yields prompt + the continuation so far, as each token is chosen."""
     if not prompt or not prompt.strip():
-        raise gr.Error("Enter a prompt.")
+        raise user_error("Enter a prompt.")
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     try:
         model, tok, lock = models.get(_check_source(source))
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-        raise gr.Error(f"Could not load {source}: {e}") from None
+        raise user_error(f"Could not load {source}: {_one_line(e)}") from None
     ids = tok(prompt)["input_ids"]
     tokens: queue.Queue = queue.Queue()
     failure = []
@@ -124,21 +138,27 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
         if text is not None:
             yield prompt + text
     if failure:
-        raise gr.Error(str(failure[0]))
+        e = failure[0]
+        if isinstance(e, (ValueError, KeyError, OSError)):  # the input or the model: a message only
+            raise user_error(_one_line(e))
+        raise gr.Error(_one_line(e)) from e  # a bug: its traceback stays in the console
     yield prompt + tok.decode(new, skip_special_tokens=True)
 
 
 def compare_run(run: str, prompt: str, max_new_tokens, temperature, top_k, top_p, seed, kernels="torch") -> str:
     """The Markdown table of one prompt through every checkpoint of a run."""
     if not prompt or not prompt.strip():
-        raise gr.Error("Enter a prompt.")
+        raise user_error("Enter a prompt.")
     if not run or not is_run_dir(run):
-        raise gr.Error(f"{run or 'No run'} is not a run directory with checkpoints.")
+        raise user_error(f"{run or 'No run'} is not a run directory with checkpoints.")
     ckpts = [path for _, path in list_checkpoints(run)]
     if not ckpts:
-        raise gr.Error(f"Run {run} has no checkpoints yet.")
+        raise user_error(f"Run {run} has no checkpoints yet.")
     sampling = _sampling(temperature, top_k, top_p, 1.0, seed)
-    return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels)
+    try:
+        return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels)
+    except (ValueError, KeyError, OSError) as e:  # CheckpointError (a corrupt file), a missing one, ...
+        raise user_error(f"Could not compare the checkpoints of {run}: {_one_line(e)}") from None
 
 
 def _generate_tab(models: Models, choices: list[tuple[str, str]]) -> None:

@@ -287,4 +287,9 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
         verify_checkpoint(source, skip=(TRAINER_STATE,))  # the weights, config and tokenizer files
     model = load_model(source, kernels=kernels)
     own = source.endswith(".gguf") or os.path.isfile(os.path.join(source, "tokenizer.json"))
-    return model, load_tokenizer(tokenizer or (source if own else None))
+    tok = load_tokenizer(tokenizer or (source if own else None))
+    if len(tok) > model.config.vocab_size:  # its ids past the embedding table would index out of range
+        name = tokenizer or (source if own else "the default tokenizer")
+        raise ValueError(f"tokenizer {name} has {len(tok):,} tokens, more than the vocabulary of {source} "
+                         f"({model.config.vocab_size:,}); use the model's own tokenizer")
+    return model, tok

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -79,6 +80,8 @@ class CachedDecoder:
         longest = max(len(p) for p in prompts)
         if longest > ctx:
             raise ValueError(f"prompt of {longest} tokens is longer than the model's context ({ctx} positions)")
+        if longest == ctx and max_new_tokens > 0:
+            raise ValueError(f"the prompt fills the model's context ({ctx} positions); no room for new tokens")
         self.model = model
         self.device = model.model.embed_tokens.weight.device
         self.B, self.L = len(prompts), longest
@@ -167,6 +170,18 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sam
     return out
 
 
+def context_cap_note(model, prompts: list[list[int]], max_new_tokens: int) -> str | None:
+    """One line when max_new_tokens is more than the context leaves after the longest prompt (the
+    decoder caps it there), else None."""
+    ctx = model.config.max_position_embeddings
+    longest = max((len(p) for p in prompts), default=0)
+    room = ctx - longest
+    if 0 < room < max_new_tokens:
+        return (f"--max-new-tokens {max_new_tokens} capped at {room} "
+                f"(context {ctx} - prompt length {longest})")
+    return None
+
+
 def text_so_far(tokenizer, ids: list[int]) -> str | None:
     """The text of the tokens chosen so far, or None while its last character is still incomplete
     (a multi-byte character split across tokens decodes to U+FFFD until its last byte comes)."""
@@ -217,6 +232,15 @@ def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) 
         if not ckpts:
             p.error(f"run {args.checkpoints[0]} has no checkpoints")
 
+    if args.out:  # before the (slow) generation, not after it
+        parent = os.path.dirname(os.path.abspath(args.out))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            p.error(f"--out {args.out}: cannot create its directory {parent} ({e.strerror or e})")
+        if os.path.isdir(args.out):
+            p.error(f"--out {args.out} is a directory; give a file path")
+
     def show(ckpt, info, text):
         print(f"=== {ckpt}\n{checkpoint_heading(info)}\n{prompt}{text}\n", flush=True)
 
@@ -226,7 +250,13 @@ def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) 
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
     if args.out:
-        atomic_write_text(args.out, md)
+        try:
+            atomic_write_text(args.out, md)
+        except OSError as e:  # the table is not lost: printed instead
+            print(md)
+            print(f"error: could not write {args.out} ({e.strerror or e}); the table is printed above",
+                  file=sys.stderr)
+            return 1
         print(f"wrote {args.out}")
     else:
         print(md)
@@ -262,6 +292,9 @@ def _continue(p: argparse.ArgumentParser, args, prompts: list[str], sampling: Sa
         p.error(str(e))
     print(f"model: {source}\nparameters: {model.num_params():,}  (loaded in {time.perf_counter() - t0:.1f}s)")
     ids = [tok(x)["input_ids"] for x in prompts]
+    note = context_cap_note(model, ids, args.max_new_tokens)
+    if note:
+        print(note, flush=True)
     stream = len(prompts) == 1 and not args.no_stream
     decoding = (contextlib.nullcontext() if args.no_cpu_tuning
                 else cpu_decode(model, len(ids), for_compile=args.compile))

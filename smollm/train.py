@@ -176,14 +176,25 @@ def optimizer_step(fwd, model, opt, micro, guard: NonFiniteGuard, step: int, gra
 
 @torch.no_grad()
 def validation_loss(model, windows: TokenWindows, cfg: RunConfig, device: torch.device) -> float:
-    """Mean loss over the same eval_batches x micro_batch validation windows every time."""
+    """Mean loss over the same eval_batches x micro_batch validation windows every time. A batch that
+    does not fit in memory (train.micro_batch too big: the first evaluation comes before the first
+    step) is a ConfigError saying so, not minutes of trying and a failed allocation of many GB."""
     batch = min(cfg.train.micro_batch, windows.n_windows)
     total, count = 0.0, 0
     for i in range(cfg.log.eval_batches):
-        b = windows.get_batch(EVAL_SEED, i, batch)
-        x, y = b.x.to(device), b.y.to(device)  # (batch, T)
-        with autocast(device, cfg):
-            loss = model(x, y)
+        try:
+            b = windows.get_batch(EVAL_SEED, i, batch)
+            x, y = b.x.to(device), b.y.to(device)  # (batch, T)
+            with autocast(device, cfg):
+                loss = model(x, y)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+            text = str(e).lower()
+            if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not any(
+                    m in text for m in ("out of memory", "not enough memory", "can't allocate memory")):
+                raise
+            raise ConfigError(f"train.micro_batch={cfg.train.micro_batch} x data.seq_len={cfg.data.seq_len} does "
+                              f"not fit in memory on {device}; lower train.micro_batch (and raise "
+                              f"train.grad_accum)") from None
         n = int((y != IGNORE_INDEX).sum())
         total += float(loss) * n
         count += n
