@@ -182,6 +182,12 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def earlier_checkpoints(run_dir: str, ckpt: str) -> list[str]:
+    """The run's checkpoints before ckpt, newest first: where a bad latest one falls back to."""
+    m = STEP_NAME.match(os.path.basename(ckpt))
+    return [d for s, d in reversed(list_checkpoints(run_dir)) if d != ckpt and (m is None or s < int(m.group(1)))]
+
+
 def resolve_resumable(path: str) -> str:
     """A checkpoint directory, or a run directory (its latest checkpoint), that can be resumed, checked
     by loading it (load_checkpoint then returns what was loaded without reading it again). A bad
@@ -201,9 +207,7 @@ def resolve_resumable(path: str) -> str:
         raise FileNotFoundError(f"{path} has no checkpoints (looked for {Run(path).checkpoints})")
     if not os.path.isfile(os.path.join(ckpt, TRAINER_STATE)):
         raise FileNotFoundError(f"{ckpt} has no {TRAINER_STATE}; cannot resume from it")
-    m = STEP_NAME.match(os.path.basename(ckpt))
-    earlier = [d for s, d in reversed(list_checkpoints(path))
-               if d != ckpt and (m is None or s < int(m.group(1))) and os.path.isfile(os.path.join(d, TRAINER_STATE))]
+    earlier = [d for d in earlier_checkpoints(path, ckpt) if os.path.isfile(os.path.join(d, TRAINER_STATE))]
     problems = []
     for candidate in [ckpt, *earlier]:
         try:
@@ -279,13 +283,11 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
     tokenizer.json, a GGUF), else the default one (smollm.tokenizer.load_tokenizer)."""
     source = os.fspath(source)
     if is_run_dir(source):
-        ckpt = latest_checkpoint(source)
-        if ckpt is None:
-            raise FileNotFoundError(f"run {source} has no checkpoints yet")
-        source = ckpt
-    if os.path.isdir(source):
-        verify_checkpoint(source, skip=(TRAINER_STATE,))  # the weights, config and tokenizer files
-    model = load_model(source, kernels=kernels)
+        source, model = _newest_good_weights(source, kernels)
+    else:
+        if os.path.isdir(source):
+            verify_checkpoint(source, skip=(TRAINER_STATE,))  # the weights, config and tokenizer files
+        model = load_model(source, kernels=kernels)
     own = source.endswith(".gguf") or os.path.isfile(os.path.join(source, "tokenizer.json"))
     tok = load_tokenizer(tokenizer or (source if own else None))
     if len(tok) > model.config.vocab_size:  # its ids past the embedding table would index out of range
@@ -293,3 +295,24 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
         raise ValueError(f"tokenizer {name} has {len(tok):,} tokens, more than the vocabulary of {source} "
                          f"({model.config.vocab_size:,}); use the model's own tokenizer")
     return model, tok
+
+
+def _newest_good_weights(run_dir: str, kernels: str):
+    """(checkpoint, model) of the run's latest checkpoint; when that one is bad, a warning names the
+    bad file and the newest good earlier one is loaded instead (as resolve_resumable does)."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise FileNotFoundError(f"run {run_dir} has no checkpoints yet")
+    problems = []
+    for ckpt in [latest, *earlier_checkpoints(run_dir, latest)]:
+        try:
+            verify_checkpoint(ckpt, skip=(TRAINER_STATE,))
+            model = load_model(ckpt, kernels=kernels)
+        except (ValueError, KeyError, OSError) as e:  # CheckpointError is a ValueError
+            problems.append(_first_line(e))
+            continue
+        if problems:
+            print(f"warning: {'; '.join(problems)}; loading {ckpt} instead, the newest good checkpoint",
+                  file=sys.stderr, flush=True)
+        return ckpt, model
+    raise CheckpointError(f"{run_dir}: no checkpoint of the run can be loaded: {'; '.join(problems)}")

@@ -246,7 +246,7 @@ def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) 
 
     try:
         md = compare_checkpoints(ckpts, prompt, args.max_new_tokens, sampling, args.tokenizer, args.kernels,
-                                 on_sample=show)
+                                 on_sample=show, on_note=lambda note: print(note, flush=True))
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
     if args.out:

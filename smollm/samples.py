@@ -12,7 +12,7 @@ import torch
 
 from smollm.checkpoint import load
 from smollm.files import atomic_write_bytes, read_jsonl
-from smollm.generate import Sampling, generate
+from smollm.generate import Sampling, context_cap_note, generate
 from smollm.runs import CHECKPOINT_INFO, Run
 
 
@@ -86,31 +86,40 @@ def checkpoint_heading(info: dict) -> str:
 
 def compare_checkpoints(ckpts: list[str], prompt: str, max_new_tokens: int, sampling: Sampling,
                         tokenizer: str | None = None, kernels: str = "torch",
-                        on_sample: Callable[[str, dict, str], None] | None = None) -> str:
+                        on_sample: Callable[[str, dict, str], None] | None = None,
+                        on_note: Callable[[str], None] | None = None) -> str:
     """The same prompt and seed through each checkpoint: the Markdown table of the continuations.
-    on_sample(checkpoint, its checkpoint_info, continuation) is called as each one is done."""
-    rows = []
+    on_sample(checkpoint, its checkpoint_info, continuation) is called as each one is done;
+    on_note(line) once, before generating, when the context caps max_new_tokens."""
+    rows, notes = [], []
     for ckpt in ckpts:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
         info = checkpoint_info(ckpt)
         model, tok = load(ckpt, kernels=kernels, tokenizer=tokenizer)
-        new = generate(model, [tok(prompt)["input_ids"]], max_new_tokens, sampling, eos_id=tok.eos_token_id)[0]
+        ids = tok(prompt)["input_ids"]
+        note = context_cap_note(model, [ids], max_new_tokens)
+        if note and note not in notes:
+            notes.append(note)
+            if on_note is not None:
+                on_note(note)
+        new = generate(model, [ids], max_new_tokens, sampling, eos_id=tok.eos_token_id)[0]
         text = tok.decode(new, skip_special_tokens=True)
         if on_sample is not None:
             on_sample(ckpt, info, text)
         rows.append((ckpt, info, text))
-    return comparison_markdown(rows, prompt, max_new_tokens, sampling)
+    return comparison_markdown(rows, prompt, max_new_tokens, sampling, notes)
 
 
 def comparison_markdown(rows: list[tuple[str, dict, str]], prompt: str, max_new_tokens: int,
-                        sampling: Sampling) -> str:
-    """rows: (checkpoint, its checkpoint_info, continuation)."""
+                        sampling: Sampling, notes: list[str] = ()) -> str:
+    """rows: (checkpoint, its checkpoint_info, continuation); notes: lines said under the heading."""
     s = sampling
     how = "greedy" if s.temperature == 0 else (f"temperature {s.temperature}, top-k {s.top_k}, top-p {s.top_p}, "
                                               f"seed {s.seed}")
     lines = [f"Prompt `{json.dumps(prompt, ensure_ascii=False)}`, {max_new_tokens} new tokens, {how}"
              + (f", repetition penalty {s.repetition_penalty}" if s.repetition_penalty != 1 else "") + ".", "",
+             *[f"Note: {n}." for n in notes], *([""] if notes else []),
              "| step | tokens | train loss | val loss | continuation |", "|---:|---:|---:|---:|---|"]
     for ckpt, info, text in rows:
         cell = (prompt + text).replace("|", "\\|").replace("\n", "<br>")

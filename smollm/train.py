@@ -174,27 +174,68 @@ def optimizer_step(fwd, model, opt, micro, guard: NonFiniteGuard, step: int, gra
     return loss, gnorm
 
 
+def memory_floor(cfg: RunConfig, device: torch.device) -> int:
+    """Bytes that a training step needs at the least: the fp32 weights and AdamW's two moments (12
+    bytes a parameter, kept from step to step; the gradients come and go), one saved activation of
+    the residual stream per layer, and, on the torch path, the (micro_batch x seq_len, vocab)
+    log-probabilities and their gradient, alive together in the backward (the Triton path's fused
+    loss holds one chunk of them). A lower bound: a step over it cannot fit; one under it may still
+    not."""
+    m = cfg.model_config()
+    tokens = cfg.train.micro_batch * cfg.data.seq_len
+    bf16 = (device.type == "cuda" and cfg.train.dtype == "bf16") or (device.type == "cpu" and cfg.train.cpu_autocast)
+    act = 2 if bf16 else 4  # bytes an activation element (as autocast() runs it)
+    logits = 0 if cfg.model.kernels == "triton" else 2 * tokens * m.vocab_size * act
+    return 12 * m.n_params + tokens * m.hidden_size * m.num_hidden_layers * act + logits
+
+
+def device_memory(device: torch.device) -> int | None:
+    """All the memory of the device (the host's RAM for a CPU), or None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def _too_big(cfg: RunConfig, device: torch.device, why: str) -> ConfigError:
+    return ConfigError(f"train.micro_batch={cfg.train.micro_batch} x data.seq_len={cfg.data.seq_len} does not fit in "
+                       f"memory on {device} ({why}); lower train.micro_batch (and raise train.grad_accum)")
+
+
+def check_fits(cfg: RunConfig, device: torch.device) -> None:
+    """Fail at once, not after minutes of swapping, when a step cannot fit in the device's memory."""
+    need, have = memory_floor(cfg, device), device_memory(device)
+    if have is not None and need > have:
+        raise _too_big(cfg, device, f"a step needs at least {need / 2 ** 30:,.1f} GiB, the device has "
+                                    f"{have / 2 ** 30:,.1f} GiB")
+
+
+@contextlib.contextmanager
+def out_of_memory_is_config_error(cfg: RunConfig, device: torch.device):
+    """An allocation that fails inside (a batch bigger than what check_fits could rule out) becomes a
+    one-line ConfigError naming the micro-batch; other errors pass through."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        text = str(e).lower()
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not any(
+                m in text for m in ("out of memory", "not enough memory", "can't allocate memory")):
+            raise
+        raise _too_big(cfg, device, "an allocation failed") from None
+
+
 @torch.no_grad()
 def validation_loss(model, windows: TokenWindows, cfg: RunConfig, device: torch.device) -> float:
-    """Mean loss over the same eval_batches x micro_batch validation windows every time. A batch that
-    does not fit in memory (train.micro_batch too big: the first evaluation comes before the first
-    step) is a ConfigError saying so, not minutes of trying and a failed allocation of many GB."""
+    """Mean loss over the same eval_batches x micro_batch validation windows every time."""
     batch = min(cfg.train.micro_batch, windows.n_windows)
     total, count = 0.0, 0
     for i in range(cfg.log.eval_batches):
-        try:
+        with out_of_memory_is_config_error(cfg, device):
             b = windows.get_batch(EVAL_SEED, i, batch)
             x, y = b.x.to(device), b.y.to(device)  # (batch, T)
             with autocast(device, cfg):
                 loss = model(x, y)
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-            text = str(e).lower()
-            if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and not any(
-                    m in text for m in ("out of memory", "not enough memory", "can't allocate memory")):
-                raise
-            raise ConfigError(f"train.micro_batch={cfg.train.micro_batch} x data.seq_len={cfg.data.seq_len} does "
-                              f"not fit in memory on {device}; lower train.micro_batch (and raise "
-                              f"train.grad_accum)") from None
         n = int((y != IGNORE_INDEX).sum())
         total += float(loss) * n
         count += n
@@ -202,15 +243,30 @@ def validation_loss(model, windows: TokenWindows, cfg: RunConfig, device: torch.
 
 
 def ensure_dataset(cfg: RunConfig) -> dict:
-    """The shards at data.path; prepared first (from data.source) when there are none yet."""
-    path = cfg.data.path
-    if os.path.isfile(os.path.join(path, "meta.json")) and read_meta(path).get("complete"):
-        return read_meta(path)
+    """The shards at data.path; prepared first (from data.source) when there are none yet. A finished
+    dataset is used as it is: where data.source, data.tokens or data.val_fraction say otherwise, a
+    note says so (they are what a new preparation would use)."""
     from smollm.prepare import parse_count, prepare
 
-    print(f"data: no finished dataset at {path}; preparing it from {cfg.data.source}", flush=True)
-    return prepare(cfg.data.source, path, tokenizer_name=cfg.data.tokenizer, val_fraction=cfg.data.val_fraction,
-                   max_tokens=parse_count(cfg.data.tokens) if cfg.data.tokens else None)
+    path = cfg.data.path
+    budget = parse_count(cfg.data.tokens) if cfg.data.tokens else None
+    if not (os.path.isfile(os.path.join(path, "meta.json")) and read_meta(path).get("complete")):
+        print(f"data: no finished dataset at {path}; preparing it from {cfg.data.source}", flush=True)
+        return prepare(cfg.data.source, path, tokenizer_name=cfg.data.tokenizer, val_fraction=cfg.data.val_fraction,
+                       max_tokens=budget)
+    meta = read_meta(path)
+    asked = [("data.source", "source_arg", cfg.data.source), ("data.tokens", "max_tokens", budget),
+             ("data.val_fraction", "val_fraction", cfg.data.val_fraction)]  # (run config, meta.json, value)
+    differ = [f"{key}={_null(meta[field])} (this run: {_null(want)})" for key, field, want in asked
+              if field in meta and meta[field] != want]
+    if differ:
+        print(f"data: using the finished dataset at {path}, made with {', '.join(differ)}; to prepare one with "
+              f"this run's values, point data.path at a new directory", flush=True)
+    return meta
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
 
 
 class StopSignal:
@@ -484,8 +540,9 @@ class Trainer:
         block = next(self.loader)  # (A * B, T)
         micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
         lr = self.sched.get_last_lr()[0]
-        loss, gnorm = optimizer_step(self.fwd, self.model, self.opt, micro, self.guard, self.step + 1,
-                                     self.cfg.optim.grad_clip, self.ddp, self.d.world, self.amp)
+        with out_of_memory_is_config_error(self.cfg, self.device):
+            loss, gnorm = optimizer_step(self.fwd, self.model, self.opt, micro, self.guard, self.step + 1,
+                                         self.cfg.optim.grad_clip, self.ddp, self.d.world, self.amp)
         self.sched.step()
         self.step += 1
         self.tokens += self.tokens_per_step
@@ -573,6 +630,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     when resuming, the checkpoint's weights, optimizer, scheduler and RNG states over it."""
     d = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device, d)
+    check_fits(cfg, device)
     ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
     saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
     changes = resume_changes(saved[2], cfg, ckpt) if saved else []

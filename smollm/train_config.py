@@ -134,6 +134,15 @@ class RunConfig:
              "must be in [0, 1]")
         need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps", self.schedule.warmup_steps, "must be >= 0")
         need(0 <= self.data.val_fraction < 1, "data.val_fraction", self.data.val_fraction, "must be in [0, 1)")
+        if self.data.tokens is not None:
+            from smollm.prepare import parse_count
+
+            try:
+                budget = parse_count(self.data.tokens)
+            except ValueError:
+                budget = 0
+            need(budget > 0, "data.tokens", self.data.tokens, "must be a positive count like 1.2B, 500M or 10k, "
+                                                              "or null (the whole source)")
         need(self.sample.temperature >= 0, "sample.temperature", self.sample.temperature, "must be >= 0")
         need(self.log.keep_trainer_states >= 1, "log.keep_trainer_states", self.log.keep_trainer_states,
              "must be at least 1 (the latest checkpoint must stay resumable)")

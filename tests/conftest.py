@@ -65,6 +65,67 @@ def assert_bf16_close(got: torch.Tensor, want32: torch.Tensor, ref16: torch.Tens
 
 # ---- a real slice of the offline corpus and a micro training run, for the trainer and generation ----
 
+def peak_extra_bytes(fn) -> int:
+    """Peak tensor memory allocated while fn runs, beyond what was allocated before it: on a GPU from
+    torch.cuda's peak counter, on the CPU from torch.profiler's allocation events (frees count
+    negative), the accounting bench/ce_memory.py reports."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    assert events, "the profiler recorded no allocations: nothing was measured"
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def one_line(text: str) -> str:
+    """text, stripped, after asserting it is one line (the shape of every user-facing error)."""
+    text = text.strip()
+    assert text and "\n" not in text, text
+    return text
+
+
+@pytest.fixture
+def model():
+    """The tiny preset's model, seeded: what the checkpoint tests save and load."""
+    from smollm.config import get_preset
+    from smollm.model import SmolLM
+
+    torch.manual_seed(0)
+    return SmolLM(get_preset("tiny"))
+
+
+def trainer_state(model, step: int):
+    """A TrainerState of `step` with a fresh AdamW and a constant schedule over model."""
+    from smollm.checkpoint import TrainerState, rng_states
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return TrainerState(step=step, tokens=step * 10, seed=1337, world_size=1, micro_batch=4, grad_accum=2,
+                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_states(),
+                        last_loss=2.5, last_val_loss=(step, 2.75))
+
+
+def save_step(run, model, tokenizer, step: int, state=None) -> str:
+    """A checkpoint of `step` in the run directory `run` (trainer_state(model, step) unless given)."""
+    from smollm.checkpoint import save_checkpoint
+
+    return save_checkpoint(str(run), model, state or trainer_state(model, step), "train:\n  max_steps: 9\n",
+                           tokenizer=tokenizer, keep_trainer_states=2)
+
+
 MICRO_MODEL = ("model.overrides={hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 2, "
                "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}")
 

@@ -5,48 +5,28 @@ import pytest
 import torch
 
 import smollm.checkpoint as C
+from conftest import save_step, trainer_state
 from smollm.checkpoint import (TRAINER_STATE, TrainerState, latest_checkpoint, list_checkpoints, load_checkpoint,
-                               resolve_resumable, rng_states, save_checkpoint, set_rng_states)
-from smollm.config import get_preset
-from smollm.model import SmolLM
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return SmolLM(get_preset("tiny"))
-
-
-def _state(model, step) -> TrainerState:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return TrainerState(step=step, tokens=step * 10, seed=1337, world_size=1, micro_batch=4, grad_accum=2,
-                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_states(),
-                        last_loss=2.5, last_val_loss=(step, 2.75))
-
-
-def _save(run, model, tokenizer, step, state=None):
-    return save_checkpoint(str(run), model, state or _state(model, step), "train:\n  max_steps: 9\n",
-                           tokenizer=tokenizer, keep_trainer_states=2)
+                               resolve_resumable, rng_states, set_rng_states)
 
 
 def test_round_trip_latest_and_pruning(tmp_path, model, tokenizer):
     run = tmp_path / "run"
-    want = _state(model, 3)
+    want = trainer_state(model, 3)
     for step in (1, 2, 3):
-        _save(run, model, tokenizer, step, want if step == 3 else None)
+        save_step(run, model, tokenizer, step, want if step == 3 else None)
     assert [s for s, _ in list_checkpoints(str(run))] == [1, 2, 3]
     assert latest_checkpoint(str(run)).endswith("step_000003")
     assert resolve_resumable(str(run)).endswith("step_000003")
     # Optimizer states of the newest two are kept; weights of all.
     have_state = [os.path.exists(os.path.join(d, TRAINER_STATE)) for _, d in list_checkpoints(str(run))]
     assert have_state == [False, True, True]
-    state, trainer_state, yaml_text = load_checkpoint(latest_checkpoint(str(run)))
+    state, got, yaml_text = load_checkpoint(latest_checkpoint(str(run)))
     for name in ("step", "tokens", "seed", "world_size", "micro_batch", "grad_accum", "last_loss", "last_val_loss",
                  "scheduler"):
-        assert getattr(trainer_state, name) == getattr(want, name), name
-    assert trainer_state.optimizer["param_groups"] == want.optimizer["param_groups"]
-    assert torch.equal(trainer_state.rng["torch"], want.rng["torch"])
+        assert getattr(got, name) == getattr(want, name), name
+    assert got.optimizer["param_groups"] == want.optimizer["param_groups"]
+    assert torch.equal(got.rng["torch"], want.rng["torch"])
     assert "max_steps: 9" in yaml_text
     for k, v in model.state_dict().items():
         if k != "lm_head.weight":
@@ -59,7 +39,7 @@ def test_round_trip_latest_and_pruning(tmp_path, model, tokenizer):
 def test_trainer_state_keeps_the_keys_existing_checkpoints_have(tmp_path, model):
     """trainer_state.pt's keys are a file format: every checkpoint on disk holds exactly these, and
     must resume."""
-    d = _state(model, 7).to_dict()
+    d = trainer_state(model, 7).to_dict()
     assert set(d) == {"optimizer", "scheduler", "step", "tokens", "data", "rng", "last_loss", "last_val_loss",
                       "world_size", "micro_batch", "grad_accum"}
     assert d["data"] == {"seed": 1337, "next_step": 7}
@@ -71,7 +51,7 @@ def test_trainer_state_keeps_the_keys_existing_checkpoints_have(tmp_path, model)
 def test_checkpoint_loads_in_transformers(tmp_path, model, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _save(tmp_path / "run", model, tokenizer, 5)
+    path = save_step(tmp_path / "run", model, tokenizer, 5)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ids = torch.randint(0, 49152, (2, 17))
     with torch.no_grad():
@@ -98,8 +78,8 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
     resumed run writes again, changes nothing on disk: not the earlier checkpoints, not `latest`,
     and leaves no temporary directory."""
     run = tmp_path / "run"
-    _save(run, model, tokenizer, 1)
-    _save(run, model, tokenizer, 2)
+    save_step(run, model, tokenizer, 1)
+    save_step(run, model, tokenizer, 2)
     before = _files(run)
     assert (run / "checkpoints" / "latest").read_text() == "step_000002\n"
     with torch.no_grad():
@@ -121,16 +101,16 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
         monkeypatch.setattr(torch, "save", disk_full)
     for step in (3, 2):
         with pytest.raises(OSError, match="disk full"):
-            _save(run, model, tokenizer, step)
+            save_step(run, model, tokenizer, step)
         assert _files(run) == before, step
     # The test can fail: the same write, not failing, does change the files.
     monkeypatch.undo()
-    _save(run, model, tokenizer, 2)
+    save_step(run, model, tokenizer, 2)
     assert _files(run) != before
 
 
 def test_unreadable_trainer_state_is_a_clear_error(tmp_path, model, tokenizer):
-    path = _save(tmp_path / "run", model, tokenizer, 1)
+    path = save_step(tmp_path / "run", model, tokenizer, 1)
     torch.save({"step": 1}, os.path.join(path, TRAINER_STATE))
     with pytest.raises(ValueError, match=r"trainer_state\.pt: corrupt"):  # its recorded sha256 differs
         load_checkpoint(path)

@@ -9,7 +9,7 @@ from kernels import cross_entropy as ce
 from kernels.cross_entropy import (CHUNK_BYTES, accumulate_grad_weight, budget_chunk_rows, linear_cross_entropy,
                                    linear_cross_entropy_reference)
 
-from conftest import DEVICE, assert_bf16_close
+from conftest import DEVICE, assert_bf16_close, peak_extra_bytes
 
 
 def _inputs(N, D, V, dtype, ignore=0.0, seed=0):
@@ -183,31 +183,6 @@ def test_chunk_bytes_sets_the_chunks(monkeypatch):
     _assert_fp32(got, _run(linear_cross_entropy_reference, hidden, weight, targets))
 
 
-def _peak_extra_bytes(fn):
-    """Peak tensor memory allocated while fn runs, beyond what was allocated before it: on a GPU from
-    torch.cuda's peak counter, on the CPU from torch.profiler's allocation events (frees count
-    negative), the accounting bench/ce_memory.py reports."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    assert events, "the profiler recorded no allocations: nothing was measured"
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
 def test_extra_memory_is_one_chunk_of_logits():
     """Loss + backward, measured: the op's extra memory is one (chunk, V) logits buffer plus the
     gradients it returns (grad_weight, accumulated in fp32, and grad_hidden), far below the (N, V)
@@ -223,14 +198,14 @@ def test_extra_memory_is_one_chunk_of_logits():
         for fn, kw in ((linear_cross_entropy, {"chunk_rows": chunk}), (linear_cross_entropy_reference, {})):
             step(fn, **kw)
     h.grad = w.grad = None  # freed before, not during, a measurement
-    fused = _peak_extra_bytes(lambda: step(linear_cross_entropy, chunk_rows=chunk))
+    fused = peak_extra_bytes(lambda: step(linear_cross_entropy, chunk_rows=chunk))
     full_logits = N * V * 4
     # The buffer, grad_weight, grad_hidden, the per-row losses, and 64 KiB for scalars and rounding.
     budget = chunk * V * 4 + V * D * 4 + N * D * 4 + N * 4 + 2 ** 16
     assert fused <= budget, f"{fused} bytes at the peak, more than one chunk's logits and the gradients ({budget})"
     assert budget < full_logits / 4  # the sizes keep the two regimes far apart
     h.grad = w.grad = None
-    reference = _peak_extra_bytes(lambda: step(linear_cross_entropy_reference))
+    reference = peak_extra_bytes(lambda: step(linear_cross_entropy_reference))
     assert reference >= 2 * full_logits, reference  # the measurement sees what the reference allocates
 
 

@@ -10,33 +10,15 @@ import pytest
 import torch
 
 import smollm.train as T
+from conftest import one_line, save_step
 import smollm.weights as W
 from smollm import files
-from smollm.checkpoint import (TRAINER_STATE, CheckpointError, TrainerState, load, load_checkpoint,
-                               resolve_resumable, rng_states, save_checkpoint)
+from smollm.checkpoint import (TRAINER_STATE, CheckpointError, load, load_checkpoint,
+                               resolve_resumable)
 from smollm.config import get_preset
 from smollm.export import UnsafeOutputError, export_run
 from smollm.files import WriteError, atomic_dir, atomic_write_bytes, atomic_write_json
 from smollm.model import SmolLM
-
-
-@pytest.fixture
-def model():
-    torch.manual_seed(0)
-    return SmolLM(get_preset("tiny"))
-
-
-def _state(model, step) -> TrainerState:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return TrainerState(step=step, tokens=step * 10, seed=1337, world_size=1, micro_batch=4, grad_accum=2,
-                        optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_states(),
-                        last_loss=2.5, last_val_loss=(step, 2.75))
-
-
-def _save(run, model, tokenizer, step):
-    return save_checkpoint(str(run), model, _state(model, step), "train:\n  max_steps: 9\n",
-                           tokenizer=tokenizer, keep_trainer_states=2)
 
 
 def _tree(root) -> dict[str, bytes | None]:
@@ -51,18 +33,12 @@ def _tree(root) -> dict[str, bytes | None]:
     return out
 
 
-def _one_line(text: str) -> str:
-    text = text.strip()
-    assert text and "\n" not in text, text
-    return text
-
-
 @pytest.fixture
 def run2(tmp_path, model, tokenizer):
     """A run with two resumable checkpoints, steps 1 and 2."""
     run = tmp_path / "run"
-    _save(run, model, tokenizer, 1)
-    _save(run, model, tokenizer, 2)
+    save_step(run, model, tokenizer, 1)
+    save_step(run, model, tokenizer, 2)
     return run
 
 
@@ -108,33 +84,46 @@ def test_resume_falls_back_from_a_bad_newest_checkpoint(run2, capsys, fault):
 
     ckpt = resolve_resumable(str(run2))
     assert ckpt.endswith("step_000001")
-    warning = _one_line(capsys.readouterr().err)
+    warning = one_line(capsys.readouterr().err)
     assert warning.startswith("warning: ") and str(bad) in warning and ckpt in warning
     weights, state, _ = load_checkpoint(ckpt)  # what resume loads next
     assert state.step == 1 and weights
     # A bad checkpoint named explicitly: one line naming the file, no fallback.
     with pytest.raises(CheckpointError) as e:
         resolve_resumable(str(bad_dir))
-    assert str(bad) in _one_line(str(e.value))
+    assert str(bad) in one_line(str(e.value))
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(str(bad_dir))
-    assert str(bad) in _one_line(str(e.value))
+    assert str(bad) in one_line(str(e.value))
     assert _tree(run2) == before  # nothing deleted or rewritten, the bad checkpoint kept to look at
 
 
-def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path):
+def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
+    """A corrupt checkpoint named explicitly is refused; a run directory (generate.py --model RUN, the
+    app) falls back to its newest good checkpoint, saying so; export refuses (it exports one
+    checkpoint: the latest unless --checkpoint names another)."""
     bad = run2 / "checkpoints" / "step_000002" / "model.safetensors"
+    good, _ = load(str(run2 / "checkpoints" / "step_000001"))
     _overwrite_middle(bad)
     before = _tree(run2)
-    for source in (run2, run2 / "checkpoints" / "step_000002"):
-        with pytest.raises(CheckpointError) as e:
-            load(str(source))
-        assert str(bad) in _one_line(str(e.value)) and "corrupt" in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        load(str(run2 / "checkpoints" / "step_000002"))
+    assert str(bad) in one_line(str(e.value)) and "corrupt" in str(e.value)
+    capsys.readouterr()
+    model, _ = load(str(run2))
+    warning = one_line(capsys.readouterr().err)
+    assert warning.startswith(f"warning: {bad}: corrupt") and warning.endswith(
+        f"loading {run2 / 'checkpoints' / 'step_000001'} instead, the newest good checkpoint")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), good.state_dict().values()))
     with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
         export_run(str(run2), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
-    load(str(run2 / "checkpoints" / "step_000001"))  # the good one still loads
-    assert _tree(run2) == before
+    assert _tree(run2) == before  # nothing deleted or rewritten
+    _overwrite_middle(run2 / "checkpoints" / "step_000001" / "model.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load(str(run2))
+    msg = one_line(str(e.value))
+    assert msg.startswith(f"{run2}: no checkpoint of the run can be loaded") and "step_000001" in msg
 
 
 def test_checkpoints_without_checksums_still_load(run2):
@@ -150,21 +139,21 @@ def test_all_checkpoints_bad_is_one_line_naming_each(run2, capsys):
         _truncate(run2 / "checkpoints" / f"step_00000{step}" / TRAINER_STATE)
     with pytest.raises(CheckpointError) as e:
         resolve_resumable(str(run2))
-    msg = _one_line(str(e.value))
+    msg = one_line(str(e.value))
     assert "step_000001" in msg and "step_000002" in msg and "no checkpoint of the run can be resumed" in msg
 
 
 def test_nan_weights_name_the_tensor(tmp_path, model, tokenizer, capsys):
     run = tmp_path / "run"
-    _save(run, model, tokenizer, 1)
+    save_step(run, model, tokenizer, 1)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    bad = _save(run, model, tokenizer, 2)
+    bad = save_step(run, model, tokenizer, 2)
     key = "model.layers.0.mlp.down_proj.weight"
     for call in (lambda: load_checkpoint(bad), lambda: load(bad), lambda: resolve_resumable(bad)):
         with pytest.raises(ValueError) as e:
             call()
-        msg = _one_line(str(e.value))
+        msg = one_line(str(e.value))
         assert key in msg and "NaN" in msg and "differs" not in msg
     assert resolve_resumable(str(run)).endswith("step_000001")  # resume falls back
     assert key in capsys.readouterr().err
@@ -174,7 +163,7 @@ def test_nan_weights_name_the_tensor(tmp_path, model, tokenizer, capsys):
     state["model.embed_tokens.weight"][3, 1] = float("inf")
     with pytest.raises(ValueError) as e:
         W.load_state_checked(SmolLM(get_preset("tiny")), state, bad)
-    msg = _one_line(str(e.value))
+    msg = one_line(str(e.value))
     assert "model.embed_tokens.weight" in msg and "1 inf" in msg and "differs" not in msg
 
 
@@ -192,7 +181,7 @@ def test_export_refuses_an_output_that_is_contains_or_lies_inside_the_run(run2, 
         os.symlink(run2, out)
     before = _tree(tmp_path)
     assert T.main(["export", str(run2), str(out), "--overwrite"]) == 2
-    err = _one_line(capsys.readouterr().err)
+    err = one_line(capsys.readouterr().err)
     assert "refusing to export" in err and str(out) in err
     with pytest.raises(UnsafeOutputError):
         export_run(str(run2), str(out), overwrite=True)
@@ -211,7 +200,7 @@ def test_export_beside_the_run_still_works(run2, tmp_path):
 def test_checkpoint_and_export_files_are_0644(tmp_path, model, tokenizer):
     old = os.umask(0o077)  # a strict umask: writers that honour it would make 0600 files
     try:
-        ckpt = _save(tmp_path / "run", model, tokenizer, 1)
+        ckpt = save_step(tmp_path / "run", model, tokenizer, 1)
         out = export_run(str(tmp_path / "run"), str(tmp_path / "hf"))
     finally:
         os.umask(old)
@@ -237,8 +226,8 @@ def test_disk_full_while_writing_a_checkpoint(run2, model, tokenizer, monkeypatc
 
     monkeypatch.setattr(W, "save_file", full)
     with pytest.raises(WriteError) as e:
-        _save(run2, model, tokenizer, 3)
-    msg = _one_line(str(e.value))
+        save_step(run2, model, tokenizer, 3)
+    msg = one_line(str(e.value))
     assert str(run2 / "checkpoints" / "step_000003") in msg and "No space left on device" in msg
     assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
     assert _tree(run2) == before  # no temporary directory, `latest` and the checkpoints as they were
@@ -254,7 +243,7 @@ def test_disk_full_while_writing_a_file(tmp_path):
 
     with pytest.raises(WriteError) as e:
         atomic_write_bytes(str(path), chunks())
-    assert _one_line(str(e.value)) == (f"cannot write {path}: No space left on device "
+    assert one_line(str(e.value)) == (f"cannot write {path}: No space left on device "
                                        f"(the previous version, if any, is unchanged)")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["f.json"]
 
@@ -269,36 +258,28 @@ def test_other_write_errors_pass_through_unchanged(tmp_path):
     assert not isinstance(e.value, WriteError) and e.value.errno == errno.EIO
 
 
-@pytest.mark.parametrize("how", ["chmod 0555", "EROFS"])
-def test_read_only_directory(tmp_path, monkeypatch, how):
+@pytest.mark.parametrize("code, cause", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system")])
+def test_read_only_directory(tmp_path, monkeypatch, code, cause):
+    """A directory that refuses new files: the temporary file cannot be made. (Injected where the OS
+    says it: a chmod 0555 does not stop root, who runs CI.)"""
     d = tmp_path / "ro"
     d.mkdir()
     (d / "f.json").write_text("old")
     (d / "ckpt").mkdir()
     (d / "ckpt" / "a").write_text("old a")
-    if how == "chmod 0555":
-        if os.geteuid() == 0:
-            pytest.skip("root writes into 0555 directories; the EROFS case covers this")
-        os.chmod(d, 0o555)
-        monkeypatch.chdir(tmp_path)  # restore the mode at teardown even when the test fails
-        cause, code = "permission denied", errno.EACCES
-    else:
-        def read_only(*a, **k):
-            raise OSError(errno.EROFS, "Read-only file system")
 
-        monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
-        monkeypatch.setattr(files.tempfile, "mkdtemp", read_only)
-        cause, code = "read-only file system", errno.EROFS
-    try:
-        with pytest.raises(WriteError) as e:
-            atomic_write_json(str(d / "f.json"), {"new": 1})
-        assert _one_line(str(e.value)).startswith(f"cannot write {d / 'f.json'}: {cause}")
-        assert e.value.errno == code
-        with pytest.raises(WriteError) as e, atomic_dir(str(d / "ckpt"), overwrite=True) as tmp:
-            with open(os.path.join(tmp, "a"), "w") as f:
-                f.write("new a")
-        assert _one_line(str(e.value)).startswith(f"cannot write {d / 'ckpt'}: {cause}")
-    finally:
-        os.chmod(d, 0o755)
+    def refuse(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkdtemp", refuse)
+    with pytest.raises(WriteError) as e:
+        atomic_write_json(str(d / "f.json"), {"new": 1})
+    assert one_line(str(e.value)).startswith(f"cannot write {d / 'f.json'}: {cause}")
+    assert e.value.errno == code
+    with pytest.raises(WriteError) as e, atomic_dir(str(d / "ckpt"), overwrite=True) as tmp:
+        with open(os.path.join(tmp, "a"), "w") as f:
+            f.write("new a")
+    assert one_line(str(e.value)).startswith(f"cannot write {d / 'ckpt'}: {cause}")
     assert (d / "f.json").read_text() == "old" and (d / "ckpt" / "a").read_text() == "old a"
     assert sorted(os.listdir(d)) == ["ckpt", "f.json"]

@@ -1,6 +1,6 @@
 """Faults of generation, made on purpose: more new tokens than the context holds, a prompt that fills
 it, a tokenizer bigger than the model's vocabulary, an --out that cannot be written, a corrupt
-checkpoint in the app, a micro-batch that does not fit in memory. Each is one line naming the
+checkpoint in the app. Each is one line naming the
 value or file, and nothing finished is lost."""
 
 import dataclasses
@@ -12,17 +12,12 @@ import torch
 
 import smollm.files
 import smollm.generate as G
+from conftest import one_line
 from smollm.config import get_preset
 from smollm.model import SmolLM
 from smollm.weights import export_hf
 
 PROMPT = "def fibonacci(n):"
-
-
-def _one_line(text: str) -> str:
-    text = text.strip()
-    assert text and "\n" not in text, text
-    return text
 
 
 def _export(path, tokenizer, **changes):
@@ -61,6 +56,17 @@ def test_a_prompt_that_fills_the_context_is_an_error(tmp_path, tokenizer, n_prom
     assert err.endswith(f"the prompt fills the model's context ({n_prompt} positions); no room for new tokens")
 
 
+def test_the_cap_is_said_when_comparing_checkpoints_too(small_ctx, n_prompt, tmp_path, capsys):
+    out = tmp_path / "cmp.md"
+    assert G.main(["--checkpoints", small_ctx, "--prompt", PROMPT, "--max-new-tokens", "100000", "--out",
+                   str(out)]) == 0
+    note = f"--max-new-tokens 100000 capped at 5 (context {n_prompt + 5} - prompt length {n_prompt})"
+    printed = capsys.readouterr().out
+    assert [x for x in printed.splitlines() if "capped" in x] == [note]
+    assert printed.index(note) < printed.index("===")  # said before the generation, not after
+    assert f"Note: {note}." in out.read_text()  # and in the table written
+
+
 def test_no_note_when_the_tokens_fit(small_ctx, capsys):
     assert G.main(["--model", small_ctx, "--prompt", PROMPT, "--max-new-tokens", "3", "--no-stream"]) == 0
     assert "capped" not in capsys.readouterr().out
@@ -74,7 +80,7 @@ def test_a_tokenizer_bigger_than_the_vocabulary_is_refused(tmp_path, tokenizer, 
     small = _export(tmp_path / "v1000", tokenizer, vocab_size=1000)
     with pytest.raises(ValueError) as e:
         load(small)
-    msg = _one_line(str(e.value))
+    msg = one_line(str(e.value))
     assert "49,152 tokens" in msg and "(1,000)" in msg and small in msg
     with pytest.raises(SystemExit) as e:
         G.main(["--model", small, "--prompt", PROMPT, "--max-new-tokens", "2"])
@@ -114,7 +120,7 @@ def test_a_failed_write_prints_the_table(small_ctx, tmp_path, capsys, monkeypatc
     assert _compare(small_ctx, out) == 1
     captured = capsys.readouterr()
     assert "| continuation |" in captured.out and not out.exists()  # the table is not lost
-    assert _one_line(captured.err) == (f"error: could not write {out} (No space left on device); "
+    assert one_line(captured.err) == (f"error: could not write {out} (No space left on device); "
                                        "the table is printed above")
 
 
@@ -158,7 +164,7 @@ def test_app_compare_on_a_corrupt_checkpoint_is_one_line(corrupt_run):
     before = _tree(run)
     with pytest.raises(gr.Error) as e:
         compare_run(run, PROMPT, 3, 0, 0, 1, 0)
-    msg = _one_line(e.value.message)
+    msg = one_line(e.value.message)
     assert msg.startswith(f"Could not compare the checkpoints of {run}: ") and bad in msg and "corrupt" in msg
     assert e.value.print_exception is False  # no traceback in the app's console
     assert _tree(run) == before
@@ -174,7 +180,7 @@ def test_app_generate_on_a_corrupt_checkpoint_is_one_line(corrupt_run):
     models = Models()
     with pytest.raises(gr.Error) as e:
         list(stream_text(models, ckpt, PROMPT, 3, 0, 0, 1, 1, 0))
-    msg = _one_line(e.value.message)
+    msg = one_line(e.value.message)
     assert msg.startswith(f"Could not load {ckpt}: ") and bad in msg and e.value.print_exception is False
     good = os.path.join(run, "checkpoints", "step_000001")
     assert list(stream_text(models, good, PROMPT, 3, 0, 0, 1, 1, 0))[-1].startswith(PROMPT)  # the good one works
@@ -192,46 +198,6 @@ def test_app_user_errors_print_no_traceback():
         assert e.value.message == "Enter a prompt." and e.value.print_exception is False
 
 
-# ------------------------------------------------- 5. a micro-batch that does not fit in memory --
-
-class _Windows:
-    n_windows = 1000
-
-    def get_batch(self, seed, step, batch_size):
-        from smollm.data import Batch
-
-        x = torch.zeros(2, 8, dtype=torch.long)
-        return Batch(x, x)
-
-
-@pytest.mark.parametrize("raised", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 300.00 GiB"),
-                                    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"),
-                                    MemoryError()])
-def test_an_eval_batch_that_does_not_fit_in_memory_is_one_line(raised):
-    from smollm.train import validation_loss
-    from smollm.train_config import ConfigError, RunConfig, apply_overrides
-
-    def model(x, y):
-        raise raised
-
-    cfg = apply_overrides(RunConfig(), ["train.micro_batch=100000", "data.seq_len=2048"])
-    with pytest.raises(ConfigError) as e:
-        validation_loss(model, _Windows(), cfg, torch.device("cpu"))
-    assert _one_line(str(e.value)) == ("train.micro_batch=100000 x data.seq_len=2048 does not fit in memory on cpu; "
-                                       "lower train.micro_batch (and raise train.grad_accum)")
-
-
-def test_other_eval_errors_pass_through_unchanged():
-    from smollm.train import validation_loss
-    from smollm.train_config import RunConfig
-
-    def model(x, y):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        validation_loss(model, _Windows(), RunConfig(), torch.device("cpu"))
-
-
 def test_app_prompt_filling_the_context_is_a_message(small_ctx, n_prompt):
     import gradio as gr
 
@@ -239,4 +205,4 @@ def test_app_prompt_filling_the_context_is_a_message(small_ctx, n_prompt):
 
     with pytest.raises(gr.Error) as e:
         list(stream_text(Models(), small_ctx, PROMPT + PROMPT, 3, 0, 0, 1, 1, 0))
-    assert "longer than the model's context" in _one_line(e.value.message) and e.value.print_exception is False
+    assert "longer than the model's context" in one_line(e.value.message) and e.value.print_exception is False

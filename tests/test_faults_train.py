@@ -1,5 +1,6 @@
 """Faults a user meets around train.py: copied runs, two runs in one directory, overrides on resume,
-Ctrl-C, torn JSON lines, leftovers of a kill mid-checkpoint, and errors that must be one line."""
+Ctrl-C, torn JSON lines, leftovers of a kill mid-checkpoint, errors that must be one line, and a
+micro-batch that does not fit in memory."""
 
 import inspect
 import json
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import micro_run_overrides as _overrides
+from conftest import one_line, peak_extra_bytes
 
 import smollm.train as T
 from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
@@ -21,7 +23,7 @@ from smollm.files import read_jsonl
 from smollm.metrics import MetricsLog
 from smollm.runs import LOCK, RunLocked, acquire_lock, release_lock
 from smollm.schedule import lr_factor
-from smollm.train_config import RunConfig, apply_overrides
+from smollm.train_config import ConfigError, RunConfig, apply_overrides, load_config
 
 
 def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
@@ -281,17 +283,132 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, caps
     err = _one_line_error(capsys)
     assert TRAINER_STATE in err and str(run) in err  # names the damaged file (checkpoint.py's wording)
     state.write_bytes(good)
+    # Unreadable weights (a directory where the file was: chmod 0 does not stop root, who runs CI).
     weights = run / "checkpoints" / "step_000002" / "model.safetensors"
-    mode = weights.stat().st_mode
-    if os.geteuid() != 0:  # root reads anything
-        weights.chmod(0)
-        try:
-            assert T.main(["--resume", str(run)]) == 2
-            assert str(weights) in _one_line_error(capsys)
-        finally:
-            weights.chmod(mode)
+    saved = weights.read_bytes()
+    weights.unlink()
+    weights.mkdir()
+    assert T.main(["--resume", str(run)]) == 2
+    err = _one_line_error(capsys)
+    assert str(weights) in err and "unreadable" in err
+    weights.rmdir()
+    weights.write_bytes(saved)
     # A failed start into a new directory leaves no directory behind (the lock included).
     # (the model's vocabulary is smaller than the dataset's: refused after the directory was made and locked)
     assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.overrides.vocab_size=1000")) == 2
     assert "vocab_size is 1000" in _one_line_error(capsys)
     assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------- 8. a micro-batch that does not fit in memory --
+
+class _Windows:
+    n_windows = 1000
+
+    def get_batch(self, seed, step, batch_size):
+        from smollm.data import Batch
+
+        x = torch.zeros(2, 8, dtype=torch.long)
+        return Batch(x, x)
+
+
+@pytest.mark.parametrize("raised", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 300.00 GiB"),
+                                    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"),
+                                    MemoryError()])
+def test_an_eval_batch_that_does_not_fit_in_memory_is_one_line(raised):
+    def model(x, y):
+        raise raised
+
+    cfg = apply_overrides(RunConfig(), ["train.micro_batch=100000", "data.seq_len=2048"])
+    with pytest.raises(ConfigError) as e:
+        T.validation_loss(model, _Windows(), cfg, torch.device("cpu"))
+    assert one_line(str(e.value)) == ("train.micro_batch=100000 x data.seq_len=2048 does not fit in memory on cpu "
+                                       "(an allocation failed); lower train.micro_batch (and raise train.grad_accum)")
+
+
+def test_other_eval_errors_pass_through_unchanged():
+    def model(x, y):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        T.validation_loss(model, _Windows(), RunConfig(), torch.device("cpu"))
+
+
+def test_a_step_that_cannot_fit_fails_before_anything(tmp_path, dataset, gguf_path, capsys):
+    """The issue's case: train.micro_batch=100000 spent minutes in the first evaluation, then was
+    killed allocating hundreds of GB. Now: refused at once, nothing made."""
+    run = tmp_path / "new" / "run"
+    assert T.main(_overrides(run, dataset, gguf_path, "train.micro_batch=100000")) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error: train.micro_batch=100000 x data.seq_len=32 does not fit in memory on cpu (a step "
+                          "needs at least ") and "GiB, the device has " in err
+    assert err.endswith("lower train.micro_batch (and raise train.grad_accum)")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_allocation_failing_in_a_training_step_is_one_line(tmp_path, dataset, gguf_path, monkeypatch, capsys):
+    real = T.optimizer_step
+
+    def oom_at_step_2(*args, **kw):
+        if args[5] == 2:  # the step number
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(T, "optimizer_step", oom_at_step_2)
+    assert T.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # (the progress bar before it)
+    assert "Traceback" not in "\n".join(err) and err[-1] == ("error: train.micro_batch=4 x data.seq_len=32 does not fit in memory on cpu "
+                                       "(an allocation failed); lower train.micro_batch (and raise train.grad_accum)")
+    assert not (tmp_path / "run" / LOCK).exists()
+
+
+def test_memory_floor_is_below_what_a_step_uses(dataset, gguf_path, tmp_path):
+    """The floor check_fits refuses by is a lower bound: a measured step of the torch path (forward,
+    backward, AdamW step; after a first step made the moments) uses more."""
+    from smollm.model import SmolLM
+
+    cfg = _cfg(tmp_path / "run", dataset, gguf_path)
+    torch.manual_seed(0)
+    model = SmolLM(cfg.model_config(), kernels="torch")
+    opt = T.make_optimizer(model, cfg, torch.device("cpu"))
+    x = torch.randint(0, 1000, (cfg.train.micro_batch, cfg.data.seq_len))
+
+    def step():
+        model(x, x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    held = [p for p in model.parameters()] + [t for s in opt.state.values() for t in s.values() if t.dim()]
+    assert len(held) == 3 * len(list(model.parameters()))  # weights, exp_avg, exp_avg_sq
+    used = sum(t.numel() * t.element_size() for t in held) + peak_extra_bytes(step)
+    floor = T.memory_floor(cfg, torch.device("cpu"))
+    logits = 2 * x.numel() * cfg.model_config().vocab_size * 4
+    assert logits < floor <= used, (floor, used)
+
+
+def test_the_a10g_run_fits_an_a10g_by_the_floor():
+    """The floor must not refuse the configs this project ships for their GPU (24 GB A10G)."""
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "smollm2-135m.yaml"))
+    floor = T.memory_floor(cfg, torch.device("cuda"))
+    assert 12 * cfg.model_config().n_params < floor < 24e9 / 4
+    torch_path = T.memory_floor(apply_overrides(cfg, ["model.kernels=torch"]), torch.device("cuda"))
+    assert floor < torch_path < 24e9 / 2
+
+
+# ---------------------------------------------------------------- 9. a finished dataset, other values --
+
+def test_a_finished_dataset_made_with_other_values_is_said(dataset, gguf_path, tmp_path, capsys):
+    """data.source/tokens/val_fraction only describe how to prepare a missing dataset: a finished one
+    is used as it is, and a note names each value that differs (not silently, as before)."""
+    meta = T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=1M"))
+    note = one_line(capsys.readouterr().out)
+    assert note == (f"data: using the finished dataset at {dataset}, made with data.tokens=80000 (this run: "
+                    f"1000000), data.val_fraction=0.25 (this run: 0.01); to prepare one with this run's values, "
+                    f"point data.path at a new directory")
+    assert meta["complete"] and meta["max_tokens"] == 80_000  # used, not rebuilt
+    T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25"))
+    assert capsys.readouterr().out == ""
+    T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25",
+                          "data.source=[other]"))
+    assert "data.source=['stdlib'] (this run: ['other'])" in one_line(capsys.readouterr().out)
