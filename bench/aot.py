@@ -6,7 +6,6 @@ any kernel fails to compile or spills. It runs on the host's CPU: the rows' devi
     TRITON_INTERPRET=0 python -m bench.aot            # writes bench/results/aot_cpu.{jsonl,md}
 """
 
-import argparse
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows  # noqa: E402
+from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, stamp, write_rows  # noqa: E402
 from kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
 from smollm.config import get_preset  # noqa: E402
 
@@ -137,7 +136,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
     st = stamp("aot", "cpu")

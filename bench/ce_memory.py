@@ -21,7 +21,7 @@ import sys
 import time
 
 from bench.measure import peak_extra_bytes
-from bench.results import RESULTS_DIR, ROOT, Row, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, ROOT, Row, cli, headlines_md, provenance_md, stamp, write_rows
 from smollm.config import get_preset
 
 MiB = 2 ** 20
@@ -91,7 +91,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 def main(argv=None):
     model = get_preset("smollm2-135m")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--n", type=int, nargs="+", default=[8192], help="tokens; several give one row each")
     p.add_argument("--v", type=int, default=model.vocab_size)
     p.add_argument("--d", type=int, default=model.hidden_size)

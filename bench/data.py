@@ -11,14 +11,13 @@ It measures the CPU whatever else the machine has: the row's device is the CPU a
     python -m bench.data [--mb 40]          # writes bench/results/data_cpu.{jsonl,md}
 """
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
 
-from bench.results import RESULTS_DIR, Row, Stamp, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, Stamp, cli, headlines_md, provenance_md, publish, stamp
 
 A10G_TOKENS_PER_S = 45_000  # what the A10G training run consumes: the loader must stay far above it
 
@@ -133,7 +132,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--mb", type=float, default=40.0, help="megabytes of standard-library source to tokenize")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=1024)
@@ -144,10 +143,7 @@ def main(argv=None):
     rows = measure(args, st)
     cores = os.cpu_count() or 1
     rows.append(summarize(rows, cores, st))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

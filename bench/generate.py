@@ -10,7 +10,6 @@
         # writes bench/results/generate_<device>.{jsonl,md}
 """
 
-import argparse
 import dataclasses
 import os
 import statistics
@@ -19,7 +18,7 @@ import time
 
 import torch
 
-from bench.results import RESULTS_DIR, Row, Stamp, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, Stamp, cli, headlines_md, provenance_md, publish, stamp
 
 NO_CACHE = "no cache, full recompute"
 
@@ -58,7 +57,7 @@ def timed(fn):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--new", type=int, default=256, help="new tokens per sequence")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -77,10 +76,7 @@ def main(argv=None):
         prefill_s = _time_prefill(m, args.batch)
         rows, same, layouts = _time_interleaved(m, st, params, args.batch, args.repeats, args.compile)
     rows.append(_summary(m, st, params, rows, args.batch, prefill_s, same, layouts))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 @dataclasses.dataclass

@@ -54,7 +54,7 @@ import kernels as K  # noqa: E402
 from bench import kernels as BK  # noqa: E402
 from bench.measure import (allocated_mib, copy_gb_s, free_memory, gemm_tflop_s, peak_gb_s,  # noqa: E402
                            peak_memory_mib, reset_peak_memory, sync, time_ms)
-from bench.results import RESULTS_DIR, ROOT, Stamp, append_row, now_utc, stamp  # noqa: E402
+from bench.results import RESULTS_DIR, ROOT, Stamp, append_row, cli, now_utc, stamp  # noqa: E402
 from bench.train_step import batch, build, step_fn  # noqa: E402
 from smollm.files import atomic_write_text  # noqa: E402
 from smollm.config import get_preset  # noqa: E402
@@ -757,7 +757,7 @@ def render_md(rows: list[dict], st: Stamp, meta: dict, budget: Budget, final: bo
 
 def parse_args(argv, gpu: bool) -> argparse.Namespace:
     d = defaults(gpu)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--out", default=RESULTS_DIR)
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="start a row only if its estimate fits before this many seconds from the start")

@@ -15,14 +15,13 @@ logit: tokens x vocabulary values, in the input dtype and again in fp32).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
 import kernels as K
 from bench.measure import A10G_GB_S, peak_extra_bytes, peak_gb_s, time_ms
-from bench.results import RESULTS_DIR, Row, Stamp, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, Stamp, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
 from smollm.metrics import PEAK_TFLOPS_BF16
 
@@ -266,7 +265,7 @@ def plot_panel(ax, rows: list[Row]) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384, 65536])
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
@@ -280,10 +279,7 @@ def main(argv=None):
     rows = bench(args.ops, args.tokens, args.modes, dtype, device, args.cpu_ce_tokens, st)
     rows.append(st.summary(headlines(rows), dtype=args.dtype, peak_gb_s=peak_gb_s(device), a10g_gb_s=A10G_GB_S,
                            a10g_tflops=A10G_TFLOPS))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ range at its grid executor, so the host copies the interpreter makes inside it a
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import os
@@ -24,7 +23,7 @@ import sys
 
 import torch
 
-from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, read_rows, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, read_rows, stamp
 from smollm.config import KERNEL_CHOICES, get_preset
 from smollm.model import SmolLM
 
@@ -170,7 +169,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=2)
@@ -189,10 +188,7 @@ def main(argv=None):
     rows += [st.row({"kernels": k, **params, "label": args.label or "this checkout"},
                     count_step(k, cfg, args.batch, args.seq)) for k in KERNEL_CHOICES]
     rows.append(st.summary(headlines(rows), **params, label=args.label))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

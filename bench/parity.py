@@ -6,13 +6,12 @@ Triton's interpreter; on a GPU, compiled.
     python -m bench.parity [--tokens 256]     # writes bench/results/parity_<device-slug>.{jsonl,md}
 """
 
-import argparse
 import sys
 
 import torch
 
 import kernels as K
-from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
 
 MODEL = get_preset("smollm2-135m")
@@ -108,7 +107,7 @@ def to_markdown(rows: list[Row]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
@@ -117,10 +116,7 @@ def main(argv=None):
     rows = [st.row({k: r[k] for k in ("op", "tensor", "dtype")} | {"tokens": args.tokens, "device": device},
                    {k: r[k] for k in METRICS}) for r in measure(args.tokens, device)]
     rows.append(st.summary(headlines(rows), tokens=args.tokens, device=device))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ each benchmark that draws one (its plot_panel), and each benchmark's own Markdow
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import os
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench.results import (RESULTS_DIR, ROOT, Row, headlines, headlines_md, provenance_md, read_rows, results_path,
+from bench.results import (RESULTS_DIR, ROOT, Row, cli, headlines, headlines_md, provenance_md, read_rows, results_path,
                            stamp, write_rows)
 from smollm.files import atomic_path
 
@@ -78,7 +77,7 @@ def demote(md: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     p.add_argument("--tests-log", default=None, help="bench/gpu.sh: the parity tests' pytest summary, to quote")
     p.add_argument("--out", default=RESULTS_DIR)

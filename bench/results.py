@@ -15,6 +15,7 @@ any benchmark's file without knowing its keys.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import importlib.metadata
@@ -182,6 +183,18 @@ def write_rows(out_dir: str, rows: list[Row], md: str) -> str:
     atomic_write_text(jsonl, "".join(r.to_json() + "\n" for r in rows))
     atomic_write_text(results_path(out_dir, last.benchmark, last.device, "md"), md)
     return jsonl
+
+
+def publish(out_dir: str, rows: list[Row], md: str) -> int:
+    """The end of every benchmark's main(): its rows written (write_rows), its Markdown printed."""
+    write_rows(out_dir, rows, md)
+    print(md)
+    return 0
+
+
+def cli(doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark, whose --help shows its module docstring whole."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def append_row(path: str, row: Row) -> None:

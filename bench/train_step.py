@@ -14,7 +14,6 @@ skipped (Triton's interpreter measures nothing).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import time
@@ -22,7 +21,7 @@ import time
 import torch
 
 from bench.measure import peak_extra_bytes, sync
-from bench.results import RESULTS_DIR, Row, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
 from smollm.metrics import mfu
 from smollm.model import SmolLM
@@ -228,7 +227,7 @@ def plot_panel(ax, rows: list[Row]) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = cli(__doc__)
     p.add_argument("--preset", default=None, help="default: smollm2-135m on a GPU, tiny on a CPU")
     p.add_argument("--batch", type=int, default=None, help="micro-batch (default: 16 on a GPU, 8 on a CPU)")
     p.add_argument("--seq", type=int, default=None, help="sequence length (default: 1024 on a GPU, 256 on a CPU)")
@@ -265,10 +264,7 @@ def main(argv=None):
                            status="skipped" if reason else "ok", reason=reason))
     ratios, heads = summarize(rows)
     rows.append(st.summary(heads, ratios, **params, **({"fit_gb": args.fit_gb} if fits else {})))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0
+    return publish(args.out, rows, to_markdown(rows))
 
 
 if __name__ == "__main__":
