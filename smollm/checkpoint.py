@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from smollm.files import atomic_dir, atomic_write_bytes
+from smollm.remote import fetch_weights, is_url
 from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run, is_run_dir
 from smollm.tokenizer import load_tokenizer
 from smollm.weights import WEIGHTS_FILE, check_finite, load_model, read_safetensors, write_hf_files
@@ -278,10 +279,13 @@ def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, s
 
 def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
     """(model, tokenizer) of a model source: a run directory (its latest checkpoint), a checkpoint or
-    Hugging Face directory, a .gguf file or a hub id (smollm.weights.load_model). The tokenizer is
+    Hugging Face directory, a .gguf file, a hub id (smollm.weights.load_model), or the URL of a run's
+    remote copy (smollm.remote.fetch_weights; the store's options from its environment). The tokenizer is
     `tokenizer` when given, else the one saved beside the weights (a checkpoint, an export with its
     tokenizer.json, a GGUF), else the default one (smollm.tokenizer.load_tokenizer)."""
     source = os.fspath(source)
+    if is_url(source):  # a run's log.remote copy, or one checkpoint of it: fetched (and cached) first
+        source = fetch_weights(source)
     if is_run_dir(source):
         source, model = _newest_good_weights(source, kernels)
     else:

@@ -1,4 +1,4 @@
-"""Throughput accounting (FLOPs per token, MFU, peak memory) and the run's metrics log."""
+"""Throughput accounting (FLOPs per token, MFU, peak memory), the run's metrics log and its console."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import sys
+import threading
 
 import torch
 
@@ -86,3 +87,30 @@ class MetricsLog:
 
 def read_metrics(run_dir: str) -> list[dict]:
     return read_jsonl(Run(run_dir).metrics)
+
+
+class Console:
+    """The run's console lines: printed above the progress bar and appended to <run>/train.log (a
+    record of the run without the bar's carriage returns). Callable from any thread."""
+
+    def __init__(self, run_dir: str | None):
+        self._path = Run(run_dir).console_log if run_dir else None  # opened at the first line said
+        self._file = None
+        self._lock = threading.Lock()
+
+    def say(self, line: str, err: bool = False) -> None:
+        from tqdm import tqdm
+
+        with self._lock:
+            tqdm.write(line, file=sys.stderr if err else sys.stdout)
+            if self._path is not None:
+                if self._file is None:
+                    self._file = open(self._path, "a")  # noqa: SIM115 -- held for the run, closed by close()
+                self._file.write(line + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self._file = self._path = None

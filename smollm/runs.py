@@ -5,6 +5,7 @@
     <run>/samples.jsonl         continuations of the fixed prompts at every checkpoint (the data)
     <run>/samples.md            the same, to read
     <run>/loss.png              the loss curve
+    <run>/train.log             what the run printed (its console lines, without the progress bar)
     <run>/tensorboard/          the same scalars for TensorBoard (when it is installed)
     <run>/train.lock            while a run trains into it: {pid, host, started} of that process
     <run>/checkpoints/latest    the name of the newest checkpoint
@@ -32,6 +33,7 @@ METRICS = "metrics.jsonl"
 SAMPLES_JSONL = "samples.jsonl"
 SAMPLES_MD = "samples.md"
 LOSS_PNG = "loss.png"
+CONSOLE_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 LOCK = "train.lock"
 TMP_PREFIX = ".tmp-"  # smollm.files' temporary names: what a kill mid-checkpoint leaves behind
@@ -40,6 +42,8 @@ TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_INFO = "checkpoint.json"
 RUN_CONFIG = "run_config.yaml"
 STEP_NAME = re.compile(r"^step_(\d+)$")
+# The run's own files besides its checkpoints: what a remote copy of a run holds (smollm.remote)
+RUN_FILES = (CONFIG, METRICS, SAMPLES_JSONL, SAMPLES_MD, LOSS_PNG, CONSOLE_LOG)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Run:
     @property
     def loss_png(self) -> str:
         return self.file(LOSS_PNG)
+
+    @property
+    def console_log(self) -> str:
+        return self.file(CONSOLE_LOG)
 
     @property
     def tensorboard(self) -> str:

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -30,9 +31,9 @@ from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint
                                rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.files import atomic_write_text
-from smollm.metrics import MetricsLog, mfu, peak_memory_mb
+from smollm.metrics import Console, MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
-from smollm.runs import CHECKPOINTS, TMP_PREFIX, Run, acquire_lock, release_lock
+from smollm.runs import CHECKPOINTS, CONFIG, TMP_PREFIX, Run, acquire_lock, release_lock
 from smollm.samples import add_samples, continuations, truncate_samples_after
 from smollm.schedule import lr_factor
 from smollm.train_config import ConfigError, RunConfig, ScheduleSection, apply_overrides, from_dict, load_config
@@ -521,6 +522,8 @@ class Trainer:
     guard: NonFiniteGuard
     stopper: StopSignal
     bar: tqdm
+    console: Console
+    uploader: object | None = None  # smollm.remote.Uploader of log.remote (rank 0)
     step: int = 0  # optimizer steps done
     tokens: int = 0
     last_loss: float | None = None  # of the latest step the host read
@@ -574,7 +577,7 @@ class Trainer:
             return
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
-        self.bar.write(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
+        self.console.say(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
                        f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
                        + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
 
@@ -586,7 +589,7 @@ class Trainer:
         self.model.train()
         self.last_val = (self.step, v)
         self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
-        self.bar.write(f"step {self.step:>6} | val loss {v:.4f}")
+        self.console.say(f"step {self.step:>6} | val loss {v:.4f}")
 
     def state(self) -> TrainerState:
         """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
@@ -609,7 +612,9 @@ class Trainer:
         val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
         add_samples(self.run.path, {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
                                     "val_loss": val, "prompts": s.prompts, "texts": texts}, self.run.title)
-        self.bar.write(f"checkpoint {path}")
+        self.console.say(f"checkpoint {path}")
+        if self.uploader is not None:
+            self.uploader.sync()  # in the background: the next step does not wait for it
 
     def summary(self, stopped: str | None) -> dict:
         return {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
@@ -621,8 +626,43 @@ class Trainer:
         self.bar.close()
         if self.log is not None:
             self.log.close()
+        if self.uploader is not None:
+            self.finish_upload()
+        self.console.close()
         if self.d.main:
             release_lock(self.run.path)
+
+    def finish_upload(self) -> None:
+        """The last upload pass (the final checkpoint, the run's files), awaited for log.remote_wait
+        seconds at most, also after a stop by signal; what did not make it is said."""
+        wait = self.cfg.log.remote_wait
+        self.uploader.sync()
+        missing = self.uploader.close(timeout=wait)
+        url = self.cfg.log.remote
+        if missing:
+            self.console.say(f"warning: remote: not uploaded to {url} after waiting {wait:g} s: {', '.join(missing)} "
+                             f"(they are in {self.run.checkpoints}); run train.py --resume {self.run.path} to "
+                             f"upload them", err=True)
+        elif self.uploader.error:
+            self.console.say(f"warning: remote: the run's files are not all in {url} ({self.uploader.error})",
+                             err=True)
+        else:
+            self.console.say(f"remote: {url} holds the run up to {_latest_name(self.run)}")
+
+
+def _latest_name(run: Run) -> str:
+    ckpt = latest_checkpoint(run.path)
+    return os.path.basename(ckpt) if ckpt else "no checkpoint"
+
+
+def open_remote(cfg: RunConfig):
+    """The log.remote store, checked writable now: a wrong bucket or bad credentials are one line at
+    start-up, before any training."""
+    from smollm.remote import check_writable, connect
+
+    store = connect(cfg.log.remote, cfg.log.remote_options)
+    check_writable(store)
+    return store
 
 
 def setup(cfg: RunConfig, resume: str | None) -> Trainer:
@@ -631,12 +671,13 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     d = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device, d)
     check_fits(cfg, device)
+    store = open_remote(cfg) if cfg.log.remote and d.main else None
     ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
     saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
     changes = resume_changes(saved[2], cfg, ckpt) if saved else []
     run, created = start_run_dir(cfg, d, resume)
     try:
-        return _build(cfg, d, device, run, ckpt, saved, changes)
+        return _build(cfg, d, device, run, ckpt, saved, changes, store)
     except BaseException:
         if d.main:
             release_lock(run.path)
@@ -644,8 +685,10 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
         raise
 
 
-def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes) -> Trainer:
+def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes,
+           store) -> Trainer:
     train_windows, val_windows = open_data(cfg, d)
+    console = Console(run.path if d.main else None)
     tokenizer = load_run_tokenizer(cfg) if d.main else None
 
     torch.manual_seed(cfg.train.seed)  # the initial weights, the same on every rank
@@ -661,23 +704,29 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
             apply_mid_run_settings(opt, sched, cfg)
             if d.main:
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)
-                print(f"resume: changed {what}; applied to the restored optimizer and schedule "
-                      f"(the next step's lr is {sched.get_last_lr()[0]:.3e})", flush=True)
+                console.say(f"resume: changed {what}; applied to the restored optimizer and schedule "
+                            f"(the next step's lr is {sched.get_last_lr()[0]:.3e})")
     step = state.step if state else 0
     fwd, ddp = wrap(model, cfg, d, device)
 
     log = None
     if d.main:
         log = open_log(cfg, run, step)
-        print(banner(cfg, run, d, device, model.config.n_params, ckpt, step), flush=True)
+        console.say(banner(cfg, run, d, device, model.config.n_params, ckpt, step))
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=not d.main,
                dynamic_ncols=True)
     stopper = StopSignal()
     loader = BatchLoader(train_windows, cfg.train.micro_batch * cfg.train.grad_accum, cfg.train.seed,
                          start_step=step, rank=d.rank, world_size=d.world, device=device)
+    uploader = None
+    if store is not None:
+        from smollm.remote import Uploader
+
+        uploader = Uploader(run, store, cfg.log.keep_trainer_states, warn=lambda line: console.say(line, err=True))
     return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
                    loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
-                   guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, step=step,
+                   guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
+                   uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
                    last_val=state.last_val_loss if state else None)
 
@@ -715,14 +764,14 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
             if ckpt_now or stopped:
                 t.save()
             if stopped:
-                t.bar.write(f"stopped at step {step} ({stopped}); continue with --resume")
+                t.console.say(f"stopped at step {step} ({stopped}); continue with --resume")
                 break
+        if t.d.main:
+            from smollm.plot import plot_run
+
+            t.console.say(f"loss curve: {plot_run(t.run.path)}")
     finally:
         t.close()
-    if t.d.main:
-        from smollm.plot import plot_run
-
-        print(f"loss curve: {plot_run(t.run.path)}", flush=True)
     return t.summary(stopped)
 
 
@@ -753,19 +802,68 @@ def export_command(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
                                 "with a model card written from the run (smollm/export.py).")
     p.add_argument("run", help="run directory")
-    p.add_argument("out", help="output directory")
+    p.add_argument("out", help="output directory, or a store URL (s3://bucket/prefix: written there, with the run's "
+                               "log.remote_options)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = p.parse_args(argv)
     from smollm.export import export_run
 
+    from smollm.remote import is_url, upload_dir
+
     try:
-        out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
-    except (FileNotFoundError, FileExistsError) as e:
-        print(f"train.py export: error: {e}", file=sys.stderr)
+        if is_url(args.out):
+            with tempfile.TemporaryDirectory() as tmp:
+                local = export_run(args.run, os.path.join(tmp, "model"), args.checkpoint)
+                upload_dir(local, args.out, _saved_remote_options(args.run), overwrite=args.overwrite)
+            out = args.out
+        else:
+            out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
+    except (ValueError, OSError) as e:  # a missing run or checkpoint, an unsafe or existing OUT, a bad store
+        print(f"train.py export: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"exported {out} (model.safetensors, config.json, tokenizer, README.md model card)")
     return 0
+
+
+def _saved_remote_options(run_dir: str) -> dict:
+    """log.remote_options of a run's config.yaml (an S3-compatible store's endpoint), else none."""
+    import yaml
+
+    try:
+        with open(Run(run_dir).config) as f:
+            return dict((yaml.safe_load(f) or {}).get("log", {}).get("remote_options") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+
+
+def fetch_remote_run(url: str, overrides: list[str]) -> str:
+    """--resume URL: the remote run's files and newest resumable checkpoint brought into log.out_dir=
+    when given, else into the out_dir its own config names (smollm.remote.fetch_run); returns it."""
+    import yaml
+
+    from smollm.remote import RemoteError, connect, describe, fetch_run
+
+    given = apply_overrides(RunConfig(), overrides)  # only log.out_dir and log.remote_options are read here
+    options = given.log.remote_options
+    if _overridden(overrides, "log.out_dir"):
+        dest = given.log.out_dir
+    else:
+        store = connect(url, options, where="--resume")
+        try:
+            dest = from_dict(yaml.safe_load(store.read(CONFIG)), f"{url}/{CONFIG}").log.out_dir
+        except FileNotFoundError:
+            raise RemoteError(f"--resume: {url} holds no run ({CONFIG} is missing)") from None
+        except (ConfigError, yaml.YAMLError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- the store's own errors
+            raise RemoteError(f"--resume: cannot read {url} ({describe(e)})") from None
+    print(f"resume: fetching {url} into {dest}", flush=True)
+    return fetch_run(url, dest, options)
+
+
+def _overridden(overrides: list[str], key: str) -> bool:
+    return any(o.partition("=")[0].strip() == key for o in overrides)
 
 
 def run_dir_of(ckpt: str) -> str | None:
@@ -783,12 +881,15 @@ def train_command(argv: list[str]) -> int:
                                        "other commands: train.py plot RUN, train.py export RUN OUT")
     p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue a run: its latest checkpoint (no value), a run directory or a checkpoint; it "
-                        "writes into that run unless log.out_dir=... is given, and optim.*/schedule.* overrides "
-                        "apply to the restored optimizer (put overrides after the path)")
+                   help="continue a run: its latest checkpoint (no value), a run directory, a checkpoint, or the "
+                        "URL of its log.remote copy (s3://...: fetched first into log.out_dir); it writes into "
+                        "that run unless log.out_dir=... is given, and optim.*/schedule.* overrides apply to "
+                        "the restored optimizer (put overrides after the path)")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     args = p.parse_args(argv)
     import yaml
+
+    from smollm.remote import is_url
 
     def fail(e: BaseException, code: int) -> int:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -797,10 +898,13 @@ def train_command(argv: list[str]) -> int:
 
     cfg = None
     try:
-        if args.resume not in (None, "latest") and "=" in args.resume and not os.path.exists(args.resume):
+        if (args.resume not in (None, "latest") and "=" in args.resume and not os.path.exists(args.resume)
+                and not is_url(args.resume)):
             raise ConfigError(f"--resume takes a run directory or checkpoint, not {args.resume!r}; put overrides "
                               f"after it (train.py --resume RUN {args.resume}), or use --resume with no value "
                               f"last (train.py {args.resume} --resume) for log.out_dir's latest checkpoint")
+        if args.resume not in (None, "latest") and is_url(args.resume):
+            args.resume = fetch_remote_run(args.resume, args.overrides)
         if args.resume not in (None, "latest"):
             ckpt = resolve_resumable(args.resume)
             if args.config is None:
@@ -811,7 +915,7 @@ def train_command(argv: list[str]) -> int:
                 cfg = load_config(args.config, args.overrides)
             # A resumed run writes where it was resumed from (a copied run dir stays a copy), unless
             # log.out_dir=... says otherwise.
-            if not any(o.partition("=")[0].strip() == "log.out_dir" for o in args.overrides):
+            if not _overridden(args.overrides, "log.out_dir"):
                 cfg.log.out_dir = run_dir_of(ckpt) or cfg.log.out_dir
         else:
             cfg = load_config(args.config or default_config(), args.overrides)

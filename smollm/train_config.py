@@ -74,6 +74,13 @@ class LogSection:
     ckpt_every: int = 1000  # steps between checkpoints (and samples); also at the end
     keep_trainer_states: int = 2  # optimizer states kept (latest N checkpoints); weights are kept for all
     tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    # A copy of the run in a remote store, kept up to date after every checkpoint (smollm.remote): any
+    # fsspec URL, e.g. s3://bucket/runs/smollm2-135m; null: none.
+    remote: str | None = None
+    # fsspec options of that store, e.g. {endpoint_url: http://minio:9000} for an S3-compatible one;
+    # never credentials (they come from the environment or the store's profiles).
+    remote_options: dict = field(default_factory=dict)
+    remote_wait: float = 600  # seconds the end of a run waits for its last upload
 
 
 @dataclass
@@ -146,6 +153,18 @@ class RunConfig:
         need(self.sample.temperature >= 0, "sample.temperature", self.sample.temperature, "must be >= 0")
         need(self.log.keep_trainer_states >= 1, "log.keep_trainer_states", self.log.keep_trainer_states,
              "must be at least 1 (the latest checkpoint must stay resumable)")
+        need(self.log.remote_wait >= 0, "log.remote_wait", self.log.remote_wait, "must be >= 0 (seconds)")
+        if self.log.remote is not None:
+            from smollm.remote import RemoteError, check_options, is_url
+
+            need(is_url(self.log.remote), "log.remote", self.log.remote,
+                 "must be a store URL like s3://bucket/prefix (or null)")
+            need(isinstance(self.log.remote_options, dict), "log.remote_options", self.log.remote_options,
+                 "must be a mapping of the store's options")
+            try:
+                check_options(self.log.remote_options)
+            except RemoteError as e:
+                raise ConfigError(str(e)) from None
         cfg = self.model_config()
         need(self.data.seq_len <= cfg.max_position_embeddings, "data.seq_len", self.data.seq_len,
              f"must be at most the model's max_position_embeddings ({cfg.max_position_embeddings})")

@@ -148,3 +148,22 @@ def micro_run_overrides(run_dir, dataset, gguf_path, *extra) -> list[str]:
             "train.max_steps=6", "log.log_every=1", "log.eval_every=3", "log.eval_batches=2", "log.ckpt_every=3",
             f"log.out_dir={run_dir}", "log.tensorboard=false", "sample.max_new_tokens=4",
             "schedule.warmup_steps=2", "schedule.decay_fraction=0.5", *extra]
+
+
+def sigterm_during_step(monkeypatch, step: int):
+    """The process receives SIGTERM while it runs optimizer step `step`, as a reclaimed machine's
+    would: the run stops through its signal handler, after that step."""
+    import inspect
+    import signal
+
+    import smollm.train as T
+
+    real = T.optimizer_step
+
+    def step_then_signal(*args, **kw):
+        out = real(*args, **kw)
+        if inspect.signature(real).bind(*args, **kw).arguments["step"] == step:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
+        return out
+
+    monkeypatch.setattr(T, "optimizer_step", step_then_signal)

@@ -16,6 +16,7 @@ from smollm.metrics import read_metrics
 from smollm.model import SmolLM
 from smollm.train_config import RunConfig, apply_overrides
 from conftest import micro_run_overrides as _overrides
+from conftest import sigterm_during_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
@@ -61,26 +62,12 @@ def test_accumulation_equals_one_big_batch():
 
 # ------------------------------------------------------------------------- exact resume --
 
-def _sigterm_during_step(monkeypatch, step: int):
-    """The process receives SIGTERM while it runs optimizer step `step`, as a reclaimed machine's
-    would: the run stops through its signal handler, after that step."""
-    real = T.optimizer_step
-
-    def step_then_signal(*args, **kw):
-        out = real(*args, **kw)
-        if inspect.signature(real).bind(*args, **kw).arguments["step"] == step:
-            signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
-        return out
-
-    monkeypatch.setattr(T, "optimizer_step", step_then_signal)
-
-
 def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch):
     whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     assert whole["step"] == 6 and whole["stopped"] is None
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as m:
-        _sigterm_during_step(m, 4)
+        sigterm_during_step(m, 4)
         first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path))
     assert first["step"] == 4 and first["stopped"] == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == handler  # the run put the handler it found back
