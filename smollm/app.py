@@ -21,8 +21,10 @@ import gradio as gr
 from smollm.checkpoint import list_checkpoints, load
 from smollm.config import KERNEL_CHOICES
 from smollm.cpu_decode import cpu_decode
+from smollm.errors import error_line
 from smollm.files import is_hub_id
 from smollm.generate import Sampling, generate, text_so_far
+from smollm.remote import is_url
 from smollm.runs import is_run_dir
 from smollm.samples import compare_checkpoints
 from smollm.tokenizer import smollm2_gguf_path
@@ -40,7 +42,8 @@ class Models:
         self.lock = threading.Lock()
 
     def get(self, source: str):
-        """(model, tokenizer, model lock) for a source (a run, a checkpoint, an HF dir, a .gguf)."""
+        """(model, tokenizer, model lock) for a source (a run, a checkpoint, an HF dir, a .gguf, a
+        run's remote URL)."""
         with self.lock:
             if source not in self.loaded:
                 model, tokenizer = load(source, kernels=self.kernels)
@@ -91,16 +94,10 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
         raise user_error(str(e)) from None
 
 
-def _one_line(e: BaseException) -> str:
-    """str(e) on one line (a KeyError's quotes dropped)."""
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split()) or type(e).__name__
-
-
 def _check_source(source: str) -> str:
     if not source:
         raise user_error("Choose a model.")
-    if not os.path.exists(source) and not is_hub_id(source):
+    if not os.path.exists(source) and not is_hub_id(source) and not is_url(source):
         raise user_error(f"Model or checkpoint {source} does not exist.")
     return source
 
@@ -114,7 +111,7 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
     try:
         model, tok, lock = models.get(_check_source(source))
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
-        raise user_error(f"Could not load {source}: {_one_line(e)}") from None
+        raise user_error(f"Could not load {source}: {error_line(e)}") from None
     ids = tok(prompt)["input_ids"]
     tokens: queue.Queue = queue.Queue()
     failure = []
@@ -140,8 +137,8 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
     if failure:
         e = failure[0]
         if isinstance(e, (ValueError, KeyError, OSError)):  # the input or the model: a message only
-            raise user_error(_one_line(e))
-        raise gr.Error(_one_line(e)) from e  # a bug: its traceback stays in the console
+            raise user_error(error_line(e))
+        raise gr.Error(error_line(e)) from e  # a bug: its traceback stays in the console
     yield prompt + tok.decode(new, skip_special_tokens=True)
 
 
@@ -158,7 +155,7 @@ def compare_run(run: str, prompt: str, max_new_tokens, temperature, top_k, top_p
     try:
         return compare_checkpoints(ckpts, prompt, int(max_new_tokens), sampling, kernels=kernels)
     except (ValueError, KeyError, OSError) as e:  # CheckpointError (a corrupt file), a missing one, ...
-        raise user_error(f"Could not compare the checkpoints of {run}: {_one_line(e)}") from None
+        raise user_error(f"Could not compare the checkpoints of {run}: {error_line(e)}") from None
 
 
 def _generate_tab(models: Models, choices: list[tuple[str, str]]) -> None:
@@ -215,7 +212,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", action="append", default=None,
                    help="run directory or glob (repeatable; default: runs/*)")
     p.add_argument("--model", action="append", default=[],
-                   help="also offer this checkpoint, Hugging Face directory, .gguf or hub id (repeatable)")
+                   help="also offer this checkpoint, Hugging Face directory, .gguf, hub id or the URL of a run's "
+                        "remote copy (s3://...; repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)

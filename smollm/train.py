@@ -30,6 +30,7 @@ from tqdm import tqdm
 from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable,
                                rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
+from smollm.errors import error_line
 from smollm.files import atomic_write_text
 from smollm.metrics import Console, MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
@@ -526,6 +527,7 @@ class Trainer:
     uploader: object | None = None  # smollm.remote.Uploader of log.remote (rank 0)
     step: int = 0  # optimizer steps done
     tokens: int = 0
+    aborted: bool = False  # by a second Ctrl-C
     last_loss: float | None = None  # of the latest step the host read
     last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
 
@@ -604,6 +606,9 @@ class Trainer:
         if not self.d.main:
             return
         c = self.cfg
+        if os.path.isdir(self.run.checkpoint(self.step)):  # resumed from an earlier checkpoint than this one
+            self.console.say(f"note: replacing {self.run.checkpoint(self.step)}, written before this run was resumed "
+                             f"from an earlier step")
         path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
                                keep_trainer_states=c.log.keep_trainer_states)
         s = c.sample
@@ -626,7 +631,7 @@ class Trainer:
         self.bar.close()
         if self.log is not None:
             self.log.close()
-        if self.uploader is not None:
+        if self.uploader is not None and not self.aborted:
             self.finish_upload()
         self.console.close()
         if self.d.main:
@@ -770,6 +775,9 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
             from smollm.plot import plot_run
 
             t.console.say(f"loss curve: {plot_run(t.run.path)}")
+    except KeyboardInterrupt:  # a second Ctrl-C: out now, without waiting for an upload either
+        t.aborted = True
+        raise
     finally:
         t.close()
     return t.summary(stopped)
@@ -820,7 +828,7 @@ def export_command(argv: list[str]) -> int:
         else:
             out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
     except (ValueError, OSError) as e:  # a missing run or checkpoint, an unsafe or existing OUT, a bad store
-        print(f"train.py export: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"train.py export: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(f"exported {out} (model.safetensors, config.json, tokenizer, README.md model card)")
     return 0
@@ -892,11 +900,10 @@ def train_command(argv: list[str]) -> int:
     from smollm.remote import is_url
 
     def fail(e: BaseException, code: int) -> int:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {' '.join(text.split())}", file=sys.stderr)  # one line, whatever the exception's text
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return code
 
-    cfg = None
+    cfg = ckpt = None
     try:
         if (args.resume not in (None, "latest") and "=" in args.resume and not os.path.exists(args.resume)
                 and not is_url(args.resume)):
@@ -919,7 +926,8 @@ def train_command(argv: list[str]) -> int:
                 cfg.log.out_dir = run_dir_of(ckpt) or cfg.log.out_dir
         else:
             cfg = load_config(args.config or default_config(), args.overrides)
-        summary = train(cfg, resume=args.resume)
+        # The checkpoint resolved above (a bad newest one already warned about and passed over).
+        summary = train(cfg, resume=ckpt if args.resume not in (None, "latest") else args.resume)
     except NonFiniteLoss as e:
         return fail(e, 1)
     except KeyboardInterrupt:

@@ -131,6 +131,8 @@ class RunConfig:
         need(len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas",
              self.optim.betas, "must be two numbers in [0, 1)")
         need(self.optim.fused in ("auto", "true", "false"), "optim.fused", self.optim.fused, "must be auto, true or false")
+        need(self.optim.eps > 0, "optim.eps", self.optim.eps, "must be positive")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "must be >= 0")
         need(self.optim.grad_clip >= 0, "optim.grad_clip", self.optim.grad_clip, "must be >= 0 (0 = off)")
         need(self.schedule.kind in ("wsd", "cosine"), "schedule.kind", self.schedule.kind, "must be wsd or cosine")
         need(self.schedule.decay_shape in ("1-sqrt", "linear", "cosine"), "schedule.decay_shape",

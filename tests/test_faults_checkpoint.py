@@ -167,6 +167,30 @@ def test_nan_weights_name_the_tensor(tmp_path, model, tokenizer, capsys):
     assert "model.embed_tokens.weight" in msg and "1 inf" in msg and "differs" not in msg
 
 
+def test_export_errors_are_one_line(run2, tmp_path, capsys, monkeypatch):
+    """A corrupt newest checkpoint, a disk that refuses the output, a checkpoint given as the run."""
+    ckpt = run2 / "checkpoints" / "step_000002"
+    _overwrite_middle(ckpt / "model.safetensors")
+    assert T.main(["export", str(run2), str(tmp_path / "out")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"train.py export: error: {ckpt / 'model.safetensors'}: corrupt")
+    good = str(run2 / "checkpoints" / "step_000001")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(files.tempfile, "mkdtemp", full)
+        assert T.main(["export", str(run2), str(tmp_path / "out"), "--checkpoint", good]) == 2
+    assert one_line(capsys.readouterr().err) == (f"train.py export: error: cannot write {tmp_path / 'out'}: No space "
+                                                 f"left on device (the previous version, if any, is unchanged)")
+    assert T.main(["export", good, str(tmp_path / "out")]) == 2
+    assert one_line(capsys.readouterr().err) == (f"train.py export: error: {good} is a checkpoint, not a run "
+                                                 f"directory; export it with: train.py export RUN OUT --checkpoint "
+                                                 f"{good}")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------- 2. export never over its run --
 
 @pytest.mark.parametrize("where", ["the run", "the run's parent", "inside the run", "a checkpoint",

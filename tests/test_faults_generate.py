@@ -52,7 +52,7 @@ def test_a_prompt_that_fills_the_context_is_an_error(tmp_path, tokenizer, n_prom
     with pytest.raises(SystemExit) as e:
         G.main(["--model", full, "--prompt", PROMPT, "--max-new-tokens", "4"])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = one_line(capsys.readouterr().err)  # no usage block before it
     assert err.endswith(f"the prompt fills the model's context ({n_prompt} positions); no room for new tokens")
 
 
@@ -85,7 +85,7 @@ def test_a_tokenizer_bigger_than_the_vocabulary_is_refused(tmp_path, tokenizer, 
     with pytest.raises(SystemExit) as e:
         G.main(["--model", small, "--prompt", PROMPT, "--max-new-tokens", "2"])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = one_line(capsys.readouterr().err)  # no usage block before it
     assert "49,152 tokens" in err and "(1,000)" in err and f"tokenizer {small}" in err
 
 
@@ -108,7 +108,7 @@ def test_out_that_cannot_be_created_fails_before_generating(small_ctx, tmp_path,
     assert e.value.code == 2
     captured = capsys.readouterr()
     assert "===" not in captured.out  # nothing generated
-    assert str(tmp_path / "afile") in captured.err.strip().splitlines()[-1]
+    assert str(tmp_path / "afile") in one_line(captured.err)
 
 
 def test_a_failed_write_prints_the_table(small_ctx, tmp_path, capsys, monkeypatch):

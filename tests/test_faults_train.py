@@ -271,6 +271,10 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, caps
     assert "model.preset" in err and "'nope'" in err
     assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.lr=-1")) == 2
     assert "optim.lr: must be positive, got -1" in _one_line_error(capsys)
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.eps=-1")) == 2
+    assert "optim.eps: must be positive, got -1" in _one_line_error(capsys)
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.weight_decay=-1")) == 2
+    assert "optim.weight_decay: must be >= 0, got -1" in _one_line_error(capsys)
     assert T.main(["--resume", f"data.path={dataset}"]) == 2
     err = _one_line_error(capsys)
     assert "--resume takes a run directory or checkpoint" in err and "put overrides after it" in err
@@ -412,3 +416,17 @@ def test_a_finished_dataset_made_with_other_values_is_said(dataset, gguf_path, t
     T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25",
                           "data.source=[other]"))
     assert "data.source=['stdlib'] (this run: ['other'])" in one_line(capsys.readouterr().out)
+
+
+def test_a_bad_newest_checkpoint_is_said_once_and_its_replacement_noted(tmp_path, dataset, gguf_path, capsys):
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path, "log.ckpt_every=1")
+    newest = run / "checkpoints" / "step_000002" / TRAINER_STATE
+    newest.write_bytes(newest.read_bytes()[:100])
+    capsys.readouterr()
+    assert T.main(["--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "step_000001 instead" in warnings[0]
+    assert f"note: replacing {run / 'checkpoints' / 'step_000002'}" in captured.out
+    assert [s for s, _ in list_checkpoints(str(run))] == [1, 2] and latest_checkpoint(str(run)).endswith("2")

@@ -311,6 +311,11 @@ def test_generate_and_export_take_the_url(s3, bucket, tmp_path, dataset, gguf_pa
     for source in (url, f"{url}/checkpoints/step_000003"):
         theirs, tok = load(source)
         assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    from smollm.app import Models, _check_source
+
+    assert _check_source(url) == url  # the app takes the URL as a model
+    app_model, _, _ = Models().get(url)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), app_model.state_dict().values()))
     cached = R.cache_dir(url)
     assert sorted(os.listdir(os.path.join(cached, "step_000003"))) == sorted(
         n for n in os.listdir(latest_checkpoint(str(run))) if n != TRAINER_STATE)  # no optimizer state fetched
