@@ -167,12 +167,13 @@ def check_writable(store: Store, where: str = "log.remote") -> None:
 
 
 def retry(fn: Callable[[], object], retries: int | None = None, backoff: float | None = None):
-    """fn(), tried again after a pause on failure (network errors); access denied is not retried."""
+    """fn(), tried again after a pause on failure (network errors); access denied and a missing file
+    or bucket are not retried (waiting does not change them)."""
     retries, backoff = retries or RETRIES, BACKOFF if backoff is None else backoff
     for attempt in range(retries):
         try:
             return fn()
-        except PermissionError:
+        except (PermissionError, FileNotFoundError):
             raise
         except Exception:  # noqa: BLE001
             if attempt == retries - 1:
@@ -280,10 +281,19 @@ class Uploader:
                 retry(lambda: self.store.remove(f"{rel}/{CHECKPOINT_INFO}"))
             local = os.path.join(self.run.checkpoints, name)
             for f in sorted(os.listdir(local)):
-                if f != CHECKPOINT_INFO and os.path.isfile(os.path.join(local, f)):
-                    retry(lambda f=f: self.store.put(os.path.join(local, f), f"{rel}/{f}"))
+                if f != CHECKPOINT_INFO:
+                    self._put_unless_pruned(os.path.join(local, f), f"{rel}/{f}")
             retry(lambda: self.store.write(f"{rel}/{CHECKPOINT_INFO}", info))
         self.uploaded[name] = info
+
+    def _put_unless_pruned(self, local: str, rel: str) -> None:
+        """local to rel; nothing when local is an optimizer state the run pruned meanwhile (a newer
+        checkpoint came while this one was on its way: the remote prunes it too)."""
+        try:
+            retry(lambda: self.store.put(local, rel))
+        except FileNotFoundError:
+            if os.path.exists(local) or os.path.basename(local) != TRAINER_STATE:
+                raise
 
     def _prune_trainer_states(self) -> None:
         """The remote keeps the optimizer states of its newest keep_trainer_states checkpoints, as the

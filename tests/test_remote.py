@@ -344,3 +344,25 @@ def test_any_fsspec_store(tmp_path, model, tokenizer):
     assert not os.path.exists(tmp_path / "remote" / "checkpoints" / "step_000001" / TRAINER_STATE)
     assert R.fetch_run(url, str(tmp_path / "back")) == str(tmp_path / "back")
     assert latest_checkpoint(str(tmp_path / "back")).endswith("step_000002")
+
+
+def test_an_optimizer_state_pruned_during_its_upload_is_not_an_error(tmp_path, model, tokenizer, monkeypatch, capsys):
+    """A slow store: the run saved newer checkpoints and pruned this one's trainer_state.pt while it
+    was on its way. The checkpoint is uploaded as the run now keeps it, without it."""
+    run = tmp_path / "h"
+    save_step(run, model, tokenizer, 1)
+    state = run / "checkpoints" / "step_000001" / TRAINER_STATE
+    real_put = R.Store.put
+
+    def put(self, local, rel):
+        if rel.endswith(TRAINER_STATE) and state.exists():
+            state.unlink()  # save_checkpoint's pruning, on the training thread
+        return real_put(self, local, rel)
+
+    monkeypatch.setattr(R.Store, "put", put)
+    up = R.Uploader(Run(str(run)), R.connect(f"file://{tmp_path / 'remote'}"), keep_trainer_states=2)
+    up.sync()
+    assert up.close(60) == [] and up.error is None
+    there = tmp_path / "remote" / "checkpoints" / "step_000001"
+    assert (there / "checkpoint.json").is_file() and not (there / TRAINER_STATE).exists()
+    assert "warning" not in capsys.readouterr().err
