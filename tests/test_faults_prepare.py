@@ -201,7 +201,7 @@ def test_unreadable_file(cli, tmp_path, monkeypatch):
         return open(name, *args, **kw)
 
     monkeypatch.setattr("smollm.prepare.open", denied, raising=False)
-    _one_line_error(*cli("--source", path), f"Permission denied: '{path}'")
+    _one_line_error(*cli("--source", path), f"{path}: Permission denied")
     assert not (tmp_path / "new").exists()
 
 
@@ -209,6 +209,13 @@ def test_invalid_utf8_on_the_command_line(cli, tmp_path):
     (tmp_path / "b.txt").write_bytes(b"\xff\xfeh\0i\0")  # UTF-16
     _one_line_error(*cli("--source", str(tmp_path / "b.txt")), "b.txt:1: not valid UTF-8 (byte 0xff)")
     assert not (tmp_path / "new").exists()
+
+
+def test_the_summary_says_the_text_policy(cli, tmp_path):
+    rc, captured = cli("--source", _jsonl(tmp_path / "a.jsonl", DOCS))
+    assert rc == 0
+    assert captured.out.splitlines()[-1] == ("text: read as UTF-8; a local file with invalid UTF-8 stops the run, "
+                                             "naming file and line")
 
 
 def test_existing_empty_out_is_left_as_it_was(cli, tmp_path):
