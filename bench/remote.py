@@ -49,8 +49,10 @@ def train_once(args, data: str, out: str, env: dict, remote: list[str]) -> dict:
            f"log.ckpt_every={args.ckpt_every}", f"log.eval_every={args.steps}", "log.eval_batches=1",
            "log.tensorboard=false", "sample.max_new_tokens=8", *remote]
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"train.py failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         steps = [r["seconds_per_step"] for r in map(json.loads, f) if "seconds_per_step" in r]
     return {"seconds_per_step": statistics.mean(steps[1:]), "wall_s": wall}  # step 1 warms up
@@ -59,7 +61,10 @@ def train_once(args, data: str, out: str, env: dict, remote: list[str]) -> dict:
 def measure(args, st: Stamp) -> list[Row]:
     from smollm.prepare import prepare
 
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    # A local server's throwaway credentials, where boto looks: this process's environment (it makes the
+    # bucket) and the training processes'.
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    env = dict(os.environ)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
