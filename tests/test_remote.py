@@ -366,3 +366,28 @@ def test_an_optimizer_state_pruned_during_its_upload_is_not_an_error(tmp_path, m
     there = tmp_path / "remote" / "checkpoints" / "step_000001"
     assert (there / "checkpoint.json").is_file() and not (there / TRAINER_STATE).exists()
     assert "warning" not in capsys.readouterr().err
+
+
+def test_transfers_retry_with_back_off(monkeypatch):
+    pauses = []
+    monkeypatch.setattr(R.time, "sleep", pauses.append)
+
+    def failing(times: int, error: Exception):
+        calls = []
+
+        def fn():
+            calls.append(1)
+            if len(calls) <= times:
+                raise error
+            return "done"
+        return fn
+
+    assert R.retry(failing(2, ConnectionError("connection reset")), retries=4, backoff=2.0) == "done"
+    assert pauses == [2.0, 4.0]
+    with pytest.raises(ConnectionError):
+        R.retry(failing(9, ConnectionError("down")), retries=3, backoff=1.0)
+    assert pauses[2:] == [1.0, 2.0]  # three attempts, two pauses, then the error
+    for final in (PermissionError("denied"), FileNotFoundError("no such bucket")):  # waiting does not fix these
+        with pytest.raises(type(final)):
+            R.retry(failing(1, final), retries=4, backoff=1.0)
+    assert len(pauses) == 4
