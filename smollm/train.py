@@ -579,9 +579,9 @@ class Trainer:
             return
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
-        self.console.say(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm {gnorm.item():.3f} | "
-                       f"{tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
-                       + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
+        self.console.say(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
+                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
+                         + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
 
     def evaluate(self) -> None:
         """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
