@@ -212,13 +212,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: the model's own)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt (repeat for a batch; default: a fixed one)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="tokens to add to each prompt, at most (capped where the context ends; default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.8 to sample")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens only (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample among the likeliest tokens whose probabilities add up to p (default: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="make tokens already in the text less likely, as transformers does (>1 repeats less; "
+                        "default 1: off)")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed: the same seed, the same text (default 0)")
+    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES,
+                   help="the model's ops: torch (default) or triton (on a CPU, Triton's interpreter: slow)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--no-cpu-tuning", action="store_true",
                    help="on a CPU, decode with plain nn.Linear instead of the products tuned for the batch "

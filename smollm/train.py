@@ -884,9 +884,11 @@ def run_dir_of(ckpt: str) -> str | None:
 
 
 def train_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch.",
-                                epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200; "
-                                       "other commands: train.py plot RUN, train.py export RUN OUT")
+    p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch. Other commands: "
+                                "`train.py plot RUN` (redraw a run's loss.png), `train.py export RUN OUT` (a run as a "
+                                "Hugging Face model directory with a model card); each has --help.",
+                                epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200 (the keys: "
+                                       "smollm/train_config.py and configs/*.yaml)")
     p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue a run: its latest checkpoint (no value), a run directory, a checkpoint, or the "
