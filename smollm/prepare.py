@@ -419,8 +419,11 @@ def _tokenize(docs: Iterator[str], tok, shards: _Shards, *, workers: int, thread
     # fork starts workers in milliseconds (spawn and forkserver re-import the caller's __main__, often
     # torch, in every worker); the workers' threads are started after the fork (see init_worker).
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    # In a log file (stderr not a terminal) a bar is one endless line of carriage returns: a plain
+    # line per shard instead.
+    plain = progress and not sys.stderr.isatty()
     bar = tqdm(desc=f"tokenizing -> {shards.out}", unit=" tok", unit_scale=True, mininterval=1.0,
-               disable=not progress)
+               disable=not progress or plain)
     seen_docs, seen_tokens, stop, waited = 0, 0, None, 0.0
     pool = ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads))
     in_flight: deque = deque()
@@ -439,6 +442,10 @@ def _tokenize(docs: Iterator[str], tok, shards: _Shards, *, workers: int, thread
                 bar.update(n + 1)
                 if shards.counts["train"] >= shard_tokens:
                     shards.commit()
+                    if plain:
+                        rate = seen_tokens / max(time.perf_counter() - t0, 1e-9)
+                        print(f"tokenizing -> {shards.out}: shard {shards.commits}, {seen_tokens:,} tokens "
+                              f"({rate:,.0f} tokens/s)", file=sys.stderr, flush=True)
                     if max_commits is not None and shards.commits >= max_commits:
                         stop = "interrupted"
                         break

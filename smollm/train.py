@@ -718,8 +718,10 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     if d.main:
         log = open_log(cfg, run, step)
         console.say(banner(cfg, run, d, device, model.config.n_params, ckpt, step))
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", disable=not d.main,
-               dynamic_ncols=True)
+    # The bar only on a terminal: in a log file it is one endless line of carriage returns (the
+    # console's lines say the same, plainly).
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
+               disable=not d.main or not sys.stderr.isatty(), dynamic_ncols=True)
     stopper = StopSignal()
     loader = BatchLoader(train_windows, cfg.train.micro_batch * cfg.train.grad_accum, cfg.train.seed,
                          start_step=step, rank=d.rank, world_size=d.world, device=device)
