@@ -26,7 +26,7 @@ from smollm.files import is_hub_id
 from smollm.generate import Sampling, generate, text_so_far
 from smollm.remote import is_url
 from smollm.runs import is_run_dir
-from smollm.samples import compare_checkpoints
+from smollm.samples import compare_checkpoints, sample_settings
 from smollm.tokenizer import smollm2_gguf_path
 
 SMOLLM2 = "SmolLM2-135M-Instruct (GGUF, offline)"
@@ -181,15 +181,25 @@ def _generate_tab(models: Models, choices: list[tuple[str, str]]) -> None:
                  api_name="generate")
 
 
+def compare_settings(run: str | None) -> tuple[int, float, int, int]:
+    """(max new tokens, temperature, top-k (0 = off), seed) the Compare tab starts from: the run's own
+    sample settings (how its samples.md was drawn), else greedy, 32 tokens."""
+    s = sample_settings(run) if run else {}
+    return (int(s.get("max_new_tokens", 32)), float(s.get("temperature", 0.0)), int(s.get("top_k") or 0),
+            int(s.get("seed", 0)))
+
+
 def _compare_tab(runs: list[str], kernels: str) -> None:
     run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True, elem_id="run")
     prompt = gr.Textbox(label="Prompt", value="def fibonacci(n):", elem_id="compare-prompt")
+    n0, t0, k0, s0 = compare_settings(runs[0] if runs else None)
     with gr.Row():
-        max_new = gr.Slider(1, 256, value=32, step=1, label="Max new tokens")
-        temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-        top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+        max_new = gr.Slider(1, 256, value=n0, step=1, label="Max new tokens")
+        temperature = gr.Slider(0, 2, value=t0, step=0.05, label="Temperature (0 = greedy)")
+        top_k = gr.Number(value=k0, precision=0, label="Top-k (0 = off)")
         top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
-        seed = gr.Number(value=0, precision=0, label="Seed")
+        seed = gr.Number(value=s0, precision=0, label="Seed")
+    run.change(compare_settings, run, [max_new, temperature, top_k, seed])  # each run as it sampled itself
     button = gr.Button("Compare", variant="primary", elem_id="compare")
     table = gr.Markdown(elem_id="table")
     button.click(lambda *a: compare_run(*a, kernels=kernels), [run, prompt, max_new, temperature, top_k, top_p, seed],

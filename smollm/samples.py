@@ -13,7 +13,7 @@ import torch
 from smollm.checkpoint import load
 from smollm.files import atomic_write_bytes, read_jsonl
 from smollm.generate import Sampling, context_cap_note, generate
-from smollm.runs import CHECKPOINT_INFO, Run
+from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, Run
 
 
 @torch.no_grad()
@@ -77,6 +77,23 @@ def checkpoint_info(ckpt: str) -> dict:
         with open(path) as f:
             return json.load(f)
     return {}
+
+
+SAMPLE_KEYS = ("max_new_tokens", "temperature", "top_k", "seed")  # what a comparison takes from a run
+
+
+def sample_settings(path: str) -> dict:
+    """The sample section (max_new_tokens, temperature, top_k, seed) of the run configuration of a run
+    directory or one of its checkpoints: how its own samples were drawn. Empty for other models."""
+    import yaml
+
+    run_config = Run(path).config if os.path.isdir(Run(path).checkpoints) else os.path.join(path, RUN_CONFIG)
+    try:
+        with open(run_config) as f:
+            sample = (yaml.safe_load(f) or {}).get("sample") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    return {k: sample[k] for k in SAMPLE_KEYS if k in sample}
 
 
 def checkpoint_heading(info: dict) -> str:

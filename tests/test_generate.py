@@ -162,6 +162,35 @@ def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
     assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "3"]) == 0
     assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "3", "--no-cpu-tuning"]) == 0
 
+    # Without sampling flags, the comparison samples as the run's own samples did (its config's sample
+    # section), says so, and gives the same table as those settings given by hand.
+    capsys.readouterr()
+    by_run, by_hand = tmp_path / "by_run.md", tmp_path / "by_hand.md"
+    assert G.main(["--checkpoints", str(run), "--prompt", "def f(x):", "--out", str(by_run)]) == 0
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("sampling as the run's own samples")]
+    assert said == ["sampling as the run's own samples: max_new_tokens 4, temperature 0.0, top_k None, seed 0 "
+                    "(from its config; --temperature, --top-k, --seed, --max-new-tokens override)"]
+    assert G.main(["--checkpoints", str(run), "--prompt", "def f(x):", "--max-new-tokens", "4", "--temperature", "0",
+                   "--seed", "0", "--out", str(by_hand)]) == 0
+    assert by_run.read_text() == by_hand.read_text()
+
+
+def test_compare_takes_the_runs_sampling(tmp_path):
+    """A run sampled at temperature 0.8, top-k 50: the comparison (CLI and the app's Compare tab)
+    starts from those settings, not from greedy decoding."""
+    from smollm.app import compare_settings
+    from smollm.samples import sample_settings
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_000002").mkdir(parents=True)
+    (run / "config.yaml").write_text("sample:\n  max_new_tokens: 48\n  temperature: 0.8\n  top_k: 50\n  seed: 3\n")
+    (run / "checkpoints" / "step_000002" / "run_config.yaml").write_text("sample:\n  temperature: 0.5\n")
+    assert sample_settings(str(run)) == {"max_new_tokens": 48, "temperature": 0.8, "top_k": 50, "seed": 3}
+    assert sample_settings(str(run / "checkpoints" / "step_000002")) == {"temperature": 0.5}
+    assert sample_settings(str(tmp_path)) == {}  # not a run: nothing
+    assert compare_settings(str(run)) == (48, 0.8, 50, 3)
+    assert compare_settings(None) == (32, 0.0, 0, 0)
+
 
 def test_load_errors_name_the_source(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
