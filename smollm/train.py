@@ -82,11 +82,17 @@ def pick_device(pref: str, d: Dist) -> torch.device:
     return device
 
 
+def ran_dtype(cfg: RunConfig, device: torch.device) -> str:
+    """The dtype the forward runs in on `device`: train.dtype on a GPU; on a CPU fp32, unless
+    train.cpu_autocast. setup() records it as the run's train.dtype (config.yaml says what ran)."""
+    if device.type == "cuda":
+        return cfg.train.dtype
+    return "bf16" if device.type == "cpu" and cfg.train.cpu_autocast else "fp32"
+
+
 def autocast(device: torch.device, cfg: RunConfig):
-    if device.type == "cuda" and cfg.train.dtype == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and cfg.train.cpu_autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if ran_dtype(cfg, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -185,8 +191,7 @@ def memory_floor(cfg: RunConfig, device: torch.device) -> int:
     not."""
     m = cfg.model_config()
     tokens = cfg.train.micro_batch * cfg.data.seq_len
-    bf16 = (device.type == "cuda" and cfg.train.dtype == "bf16") or (device.type == "cpu" and cfg.train.cpu_autocast)
-    act = 2 if bf16 else 4  # bytes an activation element (as autocast() runs it)
+    act = 2 if ran_dtype(cfg, device) == "bf16" else 4  # bytes an activation element
     logits = 0 if cfg.model.kernels == "triton" else 2 * tokens * m.vocab_size * act
     return 12 * m.n_params + tokens * m.hidden_size * m.num_hidden_layers * act + logits
 
@@ -675,6 +680,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     when resuming, the checkpoint's weights, optimizer, scheduler and RNG states over it."""
     d = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device, d)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=ran_dtype(cfg, device)))
     check_fits(cfg, device)
     store = open_remote(cfg) if cfg.log.remote and d.main else None
     ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None

@@ -39,7 +39,9 @@ class TrainSection:
     grad_accum: int = 2  # micro-batches per optimizer step
     max_steps: int = 37000
     seed: int = 1337  # model init and the data order: batch s depends only on (seed, s, rank)
-    dtype: str = "bf16"  # autocast dtype on a GPU: bf16 | fp32; on a CPU fp32 unless cpu_autocast
+    # autocast dtype on a GPU: bf16 | fp32; on a CPU fp32 unless cpu_autocast. A run's config.yaml
+    # records the one that ran.
+    dtype: str = "bf16"
     cpu_autocast: bool = False  # bf16 autocast on a CPU too (fast on CPUs with AVX512-BF16/AMX)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

@@ -65,6 +65,11 @@ def test_accumulation_equals_one_big_batch():
 def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch):
     whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     assert whole["step"] == 6 and whole["stopped"] is None
+    # The config records what ran: fp32 on a CPU (train.dtype's default, bf16, is a GPU's autocast).
+    assert _cfg(tmp_path, dataset, gguf_path).train.dtype == "bf16"
+    whole_dir = tmp_path / "whole"
+    for saved in (whole_dir / "config.yaml", whole_dir / "checkpoints" / "step_000006" / "run_config.yaml"):
+        assert "\n  dtype: fp32\n" in saved.read_text()
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as m:
         sigterm_during_step(m, 4)
