@@ -108,7 +108,7 @@ class TrainerState:
     optimizer: dict  # AdamW's state_dict()
     scheduler: dict  # LambdaLR's state_dict()
     rng: dict  # rng_states()
-    last_loss: float | None = None  # the loss of the latest step the host read
+    last_loss: float | None = None  # the mean training loss since the previous log line (as metrics.jsonl)
     last_val_loss: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
 
     @property

@@ -57,7 +57,8 @@ def _fmt(x, spec: str) -> str:
 
 def samples_markdown(records: list[dict], title: str) -> str:
     lines = [f"# Samples: {title}", "",
-             "Each prompt continued by the checkpoint of that step (same prompts and seed every time).", ""]
+             "Each prompt continued by the checkpoint of that step (same prompts and seed every time). Train loss: "
+             "the mean over the steps since the previous log line, as in metrics.jsonl.", ""]
     for r in records:
         lines += [f"## Step {r['step']:,} · {r['tokens']:,} tokens · train loss {_fmt(r.get('loss'), '.3f')} · "
                   f"val loss {_fmt(r.get('val_loss'), '.3f')}", ""]

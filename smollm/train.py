@@ -502,6 +502,10 @@ class Meter:
         self.loss_sum += loss
         self.steps += 1
 
+    def mean(self) -> float:
+        """The mean loss of the steps since the last log line (a host sync)."""
+        return self.loss_sum.item() / self.steps
+
     def reset(self) -> None:
         self.loss_sum.zero_()
         self.steps, self.busy = 0, 0.0
@@ -533,7 +537,9 @@ class Trainer:
     step: int = 0  # optimizer steps done
     tokens: int = 0
     aborted: bool = False  # by a second Ctrl-C
-    last_loss: float | None = None  # of the latest step the host read
+    # The training loss a run reports (metrics.jsonl, checkpoint.json, samples.md): the mean over the
+    # steps since the previous log line, as of the latest step the host read.
+    last_loss: float | None = None
     last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
 
     def amp(self):
@@ -576,7 +582,7 @@ class Trainer:
         tps = meter.steps * self.tokens_per_step / meter.busy
         u = mfu(tps, self.model.config, self.cfg.data.seq_len, self.device)
         # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
-        record = {"step": self.step, "tokens": self.tokens, "loss": meter.loss_sum.item() / meter.steps, "lr": lr,
+        record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "lr": lr,
                   "grad_norm": gnorm.item(), "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(self.device),
                   "seconds_per_step": meter.busy / meter.steps}
         meter.reset()
@@ -768,7 +774,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
                 meter.busy += time.perf_counter() - t0  # no host sync: the device may still be running this step
                 continue
             t.guard.check()  # the host waits for the device here, and only here
-            t.last_loss = loss.item()
+            t.last_loss = meter.mean()
             meter.busy += time.perf_counter() - t0
             if log_now:
                 t.log_line(meter, lr, gnorm)

@@ -294,3 +294,19 @@ def test_ddp_on_gloo_matches_one_process(tmp_path, dataset, gguf_path):
     for s in a:
         assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
     assert [s for s, _ in list_checkpoints(str(tmp_path / "two"))] == [4]  # rank 0 alone wrote it
+
+
+def test_one_training_loss_everywhere(tmp_path, dataset, gguf_path):
+    """metrics.jsonl, checkpoint.json and samples report one training loss: the mean over the steps
+    since the previous log line (here 3 steps), not the last step's alone."""
+    T.train(_cfg(tmp_path / "each", dataset, gguf_path))  # log_every 1: every step's own loss
+    T.train(_cfg(tmp_path / "every3", dataset, gguf_path, "log.log_every=3"))
+    each, every3 = _losses(tmp_path / "each"), _losses(tmp_path / "every3")
+    assert sorted(every3) == [3, 6]
+    for step in (3, 6):
+        assert every3[step] == pytest.approx(sum(each[s] for s in range(step - 2, step + 1)) / 3, rel=1e-6)
+        assert abs(every3[step] - each[step]) > 1e-4  # the test can fail: the mean is not the last step's
+        info = json.loads((tmp_path / "every3" / "checkpoints" / f"step_00000{step}" / "checkpoint.json").read_text())
+        assert info["loss"] == every3[step]
+    samples = [json.loads(line) for line in (tmp_path / "every3" / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"]: s["loss"] for s in samples} == every3
