@@ -14,6 +14,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections import OrderedDict
 
 import gradio as gr
@@ -217,6 +218,49 @@ def build_app(runs: list[str], models: list[str], kernels: str = "torch") -> gr.
     return app
 
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's (./setup.sh --browser)
+
+
+def screenshot(url: str, path: str, prompt: str = "import os", timeout: float = 120.0) -> str:
+    """In headless Chromium: open the app at url, type prompt, press Generate, wait until the
+    streamed text stops growing, save a screenshot to path. Returns the text (for the browser test;
+    `app.py --screenshot` makes the README's docs/app.png with it)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        raise FileNotFoundError(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./setup.sh --browser installs Debian's "
+                                f"chromium and chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, timeout)
+        box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+        box.clear()
+        box.send_keys(prompt)
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        out = driver.find_element(By.CSS_SELECTOR, "#output textarea")
+        wait.until(lambda d: len(out.get_attribute("value")) > len(prompt) + 5)
+        seen, deadline = out.get_attribute("value"), time.time() + timeout
+        while time.time() < deadline:  # until the text stops growing
+            time.sleep(1.0)
+            now = out.get_attribute("value")
+            if now == seen:
+                break
+            seen = now
+        driver.save_screenshot(path)
+        return seen
+    finally:
+        driver.quit()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Try smollm-triton checkpoints in the browser (Gradio).")
     p.add_argument("--run", action="append", default=None,
@@ -227,10 +271,20 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
+    p.add_argument("--screenshot", metavar="PNG", default=None,
+                   help="serve, generate once in headless Chromium, save a screenshot there, and exit")
     args = p.parse_args(argv)
     runs = find_runs(args.run or ["runs/*"])
     app = build_app(runs, args.model, args.kernels)
-    app.queue().launch(server_name=args.host, server_port=args.port)
+    if args.screenshot is None:
+        app.queue().launch(server_name=args.host, server_port=args.port)
+        return 0
+    app.queue().launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True)
+    try:
+        text = screenshot(f"http://{args.host}:{args.port}/", args.screenshot)
+    finally:
+        app.close()
+    print(f"wrote {args.screenshot}: {text!r}")
     return 0
 
 

@@ -3,7 +3,6 @@ Chromium and chromedriver, installed by `./setup.sh --browser`)."""
 
 import os
 import socket
-import time
 
 import pytest
 
@@ -12,9 +11,6 @@ from smollm.app import build_app
 from smollm.checkpoint import load
 from smollm.cpu_decode import cpu_decode
 from smollm.generate import Sampling, generate
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -88,45 +84,17 @@ def test_compare_tab_lists_every_checkpoint(served, run):
 
 
 def test_in_a_headless_browser(served, run, tmp_path):
-    """Chromium types a prompt, presses Generate and reads the streamed text; the screenshot goes to
-    $SMOLLM_SCREENSHOT (the README's docs/app.png) or the test's temporary directory."""
+    """Chromium types a prompt, presses Generate and reads the streamed text (smollm.app.screenshot,
+    which `app.py --screenshot` uses for the README's docs/app.png)."""
+    from smollm.app import CHROMEDRIVER, CHROMIUM, screenshot
+
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./setup.sh --browser installs Debian's "
                     "chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        driver.get(served)
-        wait = WebDriverWait(driver, 120)
-        box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
-        box.clear()
-        box.send_keys("import os")
-        driver.find_element(By.CSS_SELECTOR, "#generate").click()
-        out = driver.find_element(By.CSS_SELECTOR, "#output textarea")
-        wait.until(lambda d: len(out.get_attribute("value")) > len("import os") + 5)
-        seen = out.get_attribute("value")
-        deadline = time.time() + 120
-        while time.time() < deadline:  # until the text stops growing
-            time.sleep(1.0)
-            now = out.get_attribute("value")
-            if now == seen:
-                break
-            seen = now
-        assert seen.startswith("import os") and len(seen) > len("import os")
-        shot = os.environ.get("SMOLLM_SCREENSHOT") or str(tmp_path / "app.png")
-        driver.save_screenshot(shot)
-        assert os.path.getsize(shot) > 10_000
-    finally:
-        driver.quit()
+    shot = str(tmp_path / "app.png")
+    seen = screenshot(served, shot, prompt="import os")
+    assert seen.startswith("import os") and len(seen) > len("import os")
+    assert os.path.getsize(shot) > 10_000
 
 
 def test_models_are_loaded_once_and_reused(run, monkeypatch):
