@@ -90,6 +90,21 @@ def peak_extra_bytes(fn) -> int:
     return peak
 
 
+def file_tree(root, relative_to=None) -> dict:
+    """Every entry under root, temporary ones included, keyed by its path relative to relative_to
+    (default: root): a directory maps to None, a file to its bytes. Equal before and after = nothing
+    made, deleted or rewritten."""
+    base = relative_to if relative_to is not None else root
+    out = {}
+    for d, dirs, names in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(d, name), base)] = None
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                out[os.path.relpath(os.path.join(d, name), base)] = f.read()
+    return out
+
+
 def one_line(text: str) -> str:
     """text, stripped, after asserting it is one line (the shape of every user-facing error)."""
     text = text.strip()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import smollm.checkpoint as C
-from conftest import save_step, trainer_state
+from conftest import file_tree, save_step, trainer_state
 from smollm.checkpoint import (TRAINER_STATE, TrainerState, latest_checkpoint, list_checkpoints, load_checkpoint,
                                resolve_resumable, rng_states, set_rng_states)
 
@@ -59,18 +59,6 @@ def test_checkpoint_loads_in_transformers(tmp_path, model, tokenizer):
     assert AutoTokenizer.from_pretrained(path)("def f():")["input_ids"] == tokenizer("def f():")["input_ids"]
 
 
-def _files(run) -> dict[str, bytes | None]:
-    """Every entry under checkpoints/, temporary ones included: a directory maps to None, a file to its bytes."""
-    out = {}
-    for root, dirs, files in os.walk(run / "checkpoints"):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), run)] = None
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                out[os.path.relpath(os.path.join(root, name), run)] = f.read()
-    return out
-
-
 @pytest.mark.parametrize("failing", ["tokenizer files", "trainer state"])
 def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path, model, tokenizer, monkeypatch,
                                                                        failing):
@@ -80,7 +68,7 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
     run = tmp_path / "run"
     save_step(run, model, tokenizer, 1)
     save_step(run, model, tokenizer, 2)
-    before = _files(run)
+    before = file_tree(run / "checkpoints", relative_to=run)
     assert (run / "checkpoints" / "latest").read_text() == "step_000002\n"
     with torch.no_grad():
         model.lm_head.weight.add_(1.0)  # other weights: a partial write would show in the bytes
@@ -102,11 +90,11 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
     for step in (3, 2):
         with pytest.raises(OSError, match="disk full"):
             save_step(run, model, tokenizer, step)
-        assert _files(run) == before, step
+        assert file_tree(run / "checkpoints", relative_to=run) == before, step
     # The test can fail: the same write, not failing, does change the files.
     monkeypatch.undo()
     save_step(run, model, tokenizer, 2)
-    assert _files(run) != before
+    assert file_tree(run / "checkpoints", relative_to=run) != before
 
 
 def test_unreadable_trainer_state_is_a_clear_error(tmp_path, model, tokenizer):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import smollm.train as T
-from conftest import one_line, save_step
+from conftest import file_tree, one_line, save_step
 import smollm.weights as W
 from smollm import files
 from smollm.checkpoint import (TRAINER_STATE, CheckpointError, load, load_checkpoint,
@@ -19,18 +19,6 @@ from smollm.config import get_preset
 from smollm.export import UnsafeOutputError, export_run
 from smollm.files import WriteError, atomic_dir, atomic_write_bytes, atomic_write_json
 from smollm.model import SmolLM
-
-
-def _tree(root) -> dict[str, bytes | None]:
-    """Every entry under root: a directory maps to None, a file to its bytes."""
-    out = {}
-    for d, dirs, names in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(d, name), root)] = None
-        for name in names:
-            with open(os.path.join(d, name), "rb") as f:
-                out[os.path.relpath(os.path.join(d, name), root)] = f.read()
-    return out
 
 
 @pytest.fixture
@@ -80,7 +68,7 @@ def test_resume_falls_back_from_a_bad_newest_checkpoint(run2, capsys, fault):
     if "no checksums" in fault:  # a checkpoint written before checksums were recorded
         _drop_checksums(bad_dir)
     (_overwrite_middle if "overwritten" in fault else _truncate)(bad)
-    before = _tree(run2)
+    before = file_tree(run2)
 
     ckpt = resolve_resumable(str(run2))
     assert ckpt.endswith("step_000001")
@@ -95,7 +83,7 @@ def test_resume_falls_back_from_a_bad_newest_checkpoint(run2, capsys, fault):
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(str(bad_dir))
     assert str(bad) in one_line(str(e.value))
-    assert _tree(run2) == before  # nothing deleted or rewritten, the bad checkpoint kept to look at
+    assert file_tree(run2) == before  # nothing deleted or rewritten, the bad checkpoint kept to look at
 
 
 def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
@@ -105,7 +93,7 @@ def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
     bad = run2 / "checkpoints" / "step_000002" / "model.safetensors"
     good, _ = load(str(run2 / "checkpoints" / "step_000001"))
     _overwrite_middle(bad)
-    before = _tree(run2)
+    before = file_tree(run2)
     with pytest.raises(CheckpointError) as e:
         load(str(run2 / "checkpoints" / "step_000002"))
     assert str(bad) in one_line(str(e.value)) and "corrupt" in str(e.value)
@@ -118,7 +106,7 @@ def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
         export_run(str(run2), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
-    assert _tree(run2) == before  # nothing deleted or rewritten
+    assert file_tree(run2) == before  # nothing deleted or rewritten
     _overwrite_middle(run2 / "checkpoints" / "step_000001" / "model.safetensors")
     with pytest.raises(CheckpointError) as e:
         load(str(run2))
@@ -203,7 +191,7 @@ def test_export_refuses_an_output_that_is_contains_or_lies_inside_the_run(run2, 
            "a symlink to the run": tmp_path / "link", "the run via ..": run2 / "checkpoints" / ".."}[where]
     if where == "a symlink to the run":
         os.symlink(run2, out)
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     assert T.main(["export", str(run2), str(out), "--overwrite"]) == 2
     err = one_line(capsys.readouterr().err)
     assert "refusing to export" in err and str(out) in err
@@ -211,7 +199,7 @@ def test_export_refuses_an_output_that_is_contains_or_lies_inside_the_run(run2, 
         export_run(str(run2), str(out), overwrite=True)
     with pytest.raises(UnsafeOutputError):  # an explicit checkpoint is protected as well
         export_run(str(run2), str(out), checkpoint=str(run2 / "checkpoints" / "step_000001"), overwrite=True)
-    assert _tree(tmp_path) == before  # the run (and all beside it) intact
+    assert file_tree(tmp_path) == before  # the run (and all beside it) intact
 
 
 def test_export_beside_the_run_still_works(run2, tmp_path):
@@ -243,7 +231,7 @@ def test_checkpoint_and_export_files_are_0644(tmp_path, model, tokenizer):
                                     RuntimeError("Error while serializing: I/O error: No space left on device "
                                                  "(os error 28)")])
 def test_disk_full_while_writing_a_checkpoint(run2, model, tokenizer, monkeypatch, raised):
-    before = _tree(run2)
+    before = file_tree(run2)
 
     def full(*a, **k):
         raise raised
@@ -254,7 +242,7 @@ def test_disk_full_while_writing_a_checkpoint(run2, model, tokenizer, monkeypatc
     msg = one_line(str(e.value))
     assert str(run2 / "checkpoints" / "step_000003") in msg and "No space left on device" in msg
     assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
-    assert _tree(run2) == before  # no temporary directory, `latest` and the checkpoints as they were
+    assert file_tree(run2) == before  # no temporary directory, `latest` and the checkpoints as they were
 
 
 def test_disk_full_while_writing_a_file(tmp_path):
