@@ -49,7 +49,7 @@ def is_url(text: str) -> bool:
 
 def check_options(options: dict, where: str = "log.remote_options") -> None:
     for name in options:
-        if any(word in name.lower() for word in SECRET_WORDS) and name != "endpoint_url":
+        if any(word in name.lower() for word in SECRET_WORDS):
             raise RemoteError(f"{where}.{name}: credentials are never put in a run's config (it is saved with "
                               f"every checkpoint); set them where the store's library reads them (for S3: "
                               f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an ~/.aws profile)")
