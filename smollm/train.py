@@ -758,6 +758,10 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     max_steps = cfg.train.max_steps
     stopped = None
     try:
+        if t.step >= max_steps:  # a finished run resumed as it is: say so rather than redo its last save
+            t.console.say(f"nothing to train: the run is at step {t.step} of train.max_steps={max_steps}; "
+                          f"to train on, resume with train.max_steps=N (N > {t.step})")
+            return t.summary(None)
         if t.step == 0:
             t.evaluate()
         meter = Meter(torch.zeros((), device=t.device))

@@ -16,7 +16,7 @@ from smollm.metrics import read_metrics
 from smollm.model import SmolLM
 from smollm.train_config import RunConfig, apply_overrides
 from conftest import micro_run_overrides as _overrides
-from conftest import sigterm_during_step
+from conftest import file_tree, sigterm_during_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
@@ -62,7 +62,7 @@ def test_accumulation_equals_one_big_batch():
 
 # ------------------------------------------------------------------------- exact resume --
 
-def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch):
+def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     assert whole["step"] == 6 and whole["stopped"] is None
     # The config records what ran: fp32 on a CPU (train.dtype's default, bf16, is a GPU's autocast).
@@ -100,6 +100,12 @@ def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch):
     os.unlink(tmp_path / "whole" / "loss.png")
     assert T.main(["plot", str(tmp_path / "whole")]) == 0
     assert (tmp_path / "whole" / "loss.png").stat().st_size > 10_000
+
+    # Resuming the finished run as it is trains nothing, says so, and rewrites none of its record.
+    before = {k: v for k, v in file_tree(whole_dir).items() if k != "train.log"}
+    assert T.main(["--resume", str(whole_dir)]) == 0
+    assert "nothing to train: the run is at step 6 of train.max_steps=6" in capsys.readouterr().out
+    assert {k: v for k, v in file_tree(whole_dir).items() if k != "train.log"} == before
 
 
 def test_run_directory_with_checkpoints_needs_resume(tmp_path, dataset, gguf_path, capsys):
