@@ -9,7 +9,8 @@
 #                             Rows go to ${OUT:-bench/results}/gpu_check_<gpu>.jsonl (one bench.results.Row per
 #                             line, written as it is measured; <gpu> as bench.results.device_slug names it:
 #                             a10g, h100, ...) and .md (re-rendered after every row), the console to
-#                             gpu_check.log there: a run killed at any point keeps every row before the kill.
+#                             gpu_check.log there (gpu_check.log.partial while it runs): a run killed at
+#                             any point keeps every row before the kill.
 #   bench/gpu.sh --full       the same, then the long route: the parity tests under pytest, bench.report
 #                             (kernels at 3 sizes, every training-step row, the 24 GB fit search) and
 #                             bench.parity, into the same folder.
@@ -17,8 +18,9 @@
 #                             interpreter, the timings mean nothing; rows in gpu_check_cpu.*).
 #   Any other argument goes to bench.gpu_check (--budget-s 300, --sections a b, --steps 20, ...).
 #
-# Without a GPU (and without --cpu-smoke) it refuses at once with exit 2. PYTHON=... picks the interpreter
-# (default .venv/bin/python, else python3). Where the copy has no .git, SMOLLM_COMMIT=<sha> stamps the rows.
+# Without a GPU (and without --cpu-smoke) it refuses at once with exit 2, leaving no file. PYTHON=... picks
+# the interpreter (default .venv/bin/python, else python3). Where the copy has no .git, SMOLLM_COMMIT=<sha>
+# stamps the rows.
 # Give the command a timeout of at least 480 s: a row still running at 470 s (budget + 20) is written as
 # skipped and the check exits by itself.
 # Exit status: gpu_check's: 0 every row ran or was skipped for a stated reason, 1 a row failed (or, with
@@ -28,7 +30,8 @@ cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then py=$PYTHON; elif [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out=${OUT:-bench/results}
-mkdir -p "$out"
+made_out=0
+[ -d "$out" ] || { mkdir -p "$out" && made_out=1; }
 full=0 smoke=0 pass=()
 for arg in "$@"; do
   case $arg in
@@ -46,9 +49,16 @@ else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 start=$SECONDS
-"$py" -m bench.gpu_check --out "$out" "${flags[@]}" ${pass[@]+"${pass[@]}"} 2>&1 | tee "$out/gpu_check.log"
+# The console goes to a .partial log, renamed when the check ends: a refused start (no GPU) leaves
+# nothing behind, not even over the log of an earlier run.
+"$py" -m bench.gpu_check --out "$out" "${flags[@]}" ${pass[@]+"${pass[@]}"} 2>&1 | tee "$out/gpu_check.log.partial"
 status=${PIPESTATUS[0]}
-[ "$status" = 2 ] && exit 2  # no GPU: refused, nothing measured
+if [ "$status" = 2 ]; then  # no GPU: refused, nothing measured
+  rm -f "$out/gpu_check.log.partial"
+  [ "$made_out" = 0 ] || rmdir "$out"
+  exit 2
+fi
+mv -f "$out/gpu_check.log.partial" "$out/gpu_check.log"
 echo "bench/gpu.sh: check done in $((SECONDS - start)) s, exit $status; rows in $out/gpu_check_*.jsonl and .md"
 
 if [ "$full" = 1 ]; then

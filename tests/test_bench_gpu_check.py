@@ -14,6 +14,7 @@ if ROOT not in sys.path:  # `pytest` (not `python -m pytest`) puts tests/ first,
     sys.path.insert(0, ROOT)
 
 from bench import gpu_check, results  # noqa: E402
+from conftest import file_tree  # noqa: E402
 
 TINY = ["--preset", "tiny", "--layers", "1", "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "1",
         "--gemm-n", "256", "--copy-mib", "8", "--op-tokens", "256"]
@@ -288,3 +289,32 @@ def test_markdown_of_gpu_rows():
     assert "**1 row(s) failed**: (b) transformers, compiled" in heads
     assert "| ours, triton path, compiled | 80.0 / 84.0 (3) | 33.0 | 500,000 | 41.0% | 55.0% | 20,000 | 10.900 | 90 |" in md
     assert "| rmsnorm | liger | skipped: liger-kernel is not installed |" in md
+
+
+# ------------------------------------------------------------------------------ bench/gpu.sh --
+
+def run_gpu_sh(out, *args):
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu.sh"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_gpu_sh_without_a_gpu_refuses_and_leaves_nothing(tmp_path):
+    proc = run_gpu_sh(tmp_path / "new")  # a folder it would have made
+    assert proc.returncode == 2 and "GPU" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not (tmp_path / "new").exists()
+    earlier = tmp_path / "earlier"  # an earlier run's results: a refused start changes none of them
+    earlier.mkdir()
+    (earlier / "gpu_check.log").write_text("the earlier run's console\n")
+    assert run_gpu_sh(earlier).returncode == 2
+    assert file_tree(earlier) == {"gpu_check.log": b"the earlier run's console\n"}
+
+
+def test_gpu_sh_cpu_smoke_writes_rows_and_its_log(tmp_path):
+    proc = run_gpu_sh(tmp_path, "--cpu-smoke", "--sections", "a")  # the wrapper's path; the rows are tested above
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows, _ = read_rows(tmp_path)
+    assert [r["section"] for r in rows] == ["a", "a"] and all(r["status"] == "ok" for r in rows)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert not (tmp_path / "gpu_check.log.partial").exists() and "bench/gpu.sh: check done" in proc.stdout
+    assert "GEMM" in log or "gemm" in log, log[-2000:]
