@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from smollm.errors import first_line
 from smollm.files import atomic_dir, atomic_write_bytes
 from smollm.remote import fetch_weights, is_url
 from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run, is_run_dir
@@ -31,10 +32,6 @@ CHECKSUMS = "sha256"  # checkpoint.json's key: {file name: hex digest} of the ch
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: a file that changed since it was written (its sha256), is
     missing, truncated or unreadable, or weights with NaN/inf. The message is one line naming the file."""
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def file_sha256(path: str) -> str:
@@ -63,7 +60,7 @@ def verify_checkpoint(ckpt: str, skip: tuple[str, ...] = ()) -> None:
         with open(info_path) as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{info_path}: unreadable ({_first_line(e)}); the checkpoint cannot be "
+        raise CheckpointError(f"{info_path}: unreadable ({first_line(e)}); the checkpoint cannot be "
                               f"checked") from e
     sums = info.get(CHECKSUMS) if isinstance(info, dict) else None
     for name, want in sorted((sums or {}).items()):
@@ -73,7 +70,7 @@ def verify_checkpoint(ckpt: str, skip: tuple[str, ...] = ()) -> None:
         try:
             got = file_sha256(path)
         except OSError as e:
-            raise CheckpointError(f"{path}: missing or unreadable ({_first_line(e)}); checkpoint.json "
+            raise CheckpointError(f"{path}: missing or unreadable ({first_line(e)}); checkpoint.json "
                                   f"lists it") from e
         if got != want:
             raise CheckpointError(f"{path}: corrupt (its sha256 differs from the one recorded when the checkpoint "
@@ -256,7 +253,7 @@ def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, s
     try:
         weights = read_safetensors(ckpt)
     except ValueError as e:
-        raise CheckpointError(_first_line(e)) from e
+        raise CheckpointError(first_line(e)) from e
     try:
         check_finite(weights, os.path.join(ckpt, WEIGHTS_FILE))
     except ValueError as e:
@@ -265,7 +262,7 @@ def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, s
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable trainer state (truncated or corrupt? {_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable trainer state (truncated or corrupt? {first_line(e)})") from e
     try:
         state = TrainerState.from_dict(saved)
     except (KeyError, TypeError) as e:
@@ -313,7 +310,7 @@ def _newest_good_weights(run_dir: str, kernels: str):
             verify_checkpoint(ckpt, skip=(TRAINER_STATE,))
             model = load_model(ckpt, kernels=kernels)
         except (ValueError, KeyError, OSError) as e:  # CheckpointError is a ValueError
-            problems.append(_first_line(e))
+            problems.append(first_line(e))
             continue
         if problems:
             print(f"warning: {'; '.join(problems)}; loading {ckpt} instead, the newest good checkpoint",

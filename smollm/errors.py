@@ -14,3 +14,9 @@ def error_line(e: BaseException) -> str:
     else:
         text = str(e)
     return " ".join(text.split()) or type(e).__name__
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of the exception's message (or its type's name): a cause quoted inside another
+    sentence, where a library's message runs on for lines."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smollm.errors import first_line
 from smollm.files import atomic_dir, atomic_path, atomic_write_bytes
 from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, LATEST, RUN_FILES, STEP_NAME, TRAINER_STATE, Run
 
@@ -55,13 +56,9 @@ def check_options(options: dict, where: str = "log.remote_options") -> None:
                               f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an ~/.aws profile)")
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def describe(e: BaseException) -> str:
     """The cause of a store's failure, in a few words."""
-    text = _first_line(e)
+    text = first_line(e)
     if isinstance(e, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text:
         return f"access denied: {text} (check the credentials: for S3 the environment or ~/.aws profiles)"
     if isinstance(e, FileNotFoundError) and "bucket" in text.lower():
@@ -148,10 +145,10 @@ def connect(url: str, options: dict | None = None, where: str = "log.remote") ->
 
         fs, root = fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
-        raise RemoteError(f"{where}: {url} needs a package for {protocol}:// ({_first_line(e)}); install the "
+        raise RemoteError(f"{where}: {url} needs a package for {protocol}:// ({first_line(e)}); install the "
                           f"`remote` extra: pip install -e '.[remote]'") from None
     except (ValueError, TypeError) as e:
-        raise RemoteError(f"{where}: {url} is not a store fsspec can open ({_first_line(e)})") from None
+        raise RemoteError(f"{where}: {url} is not a store fsspec can open ({first_line(e)})") from None
     return Store(fs, root.rstrip("/"), url)
 
 

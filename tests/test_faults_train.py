@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import micro_run_overrides as _overrides
-from conftest import one_line, peak_extra_bytes
+from conftest import file_tree, one_line, peak_extra_bytes
 
 import smollm.train as T
 from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
@@ -36,17 +36,6 @@ def _short(run_dir, dataset, gguf_path, *extra):
                         *extra))
 
 
-def _snapshot(run_dir) -> dict:
-    """Every file of a run directory and its bytes."""
-    out = {}
-    for root, _, files in os.walk(run_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, run_dir)] = f.read()
-    return out
-
-
 def _one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
@@ -58,9 +47,9 @@ def _one_line_error(capsys) -> str:
 def test_resuming_a_copy_writes_into_the_copy(tmp_path, dataset, gguf_path):
     _short(tmp_path / "a", dataset, gguf_path)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    before = _snapshot(tmp_path / "a")
+    before = file_tree(tmp_path / "a")
     assert T.main(["--resume", str(tmp_path / "b"), "train.max_steps=4", "log.ckpt_every=4"]) == 0
-    assert _snapshot(tmp_path / "a") == before  # latest, trainer states, metrics.jsonl: untouched
+    assert file_tree(tmp_path / "a") == before  # latest, trainer states, metrics.jsonl: untouched
     assert latest_checkpoint(str(tmp_path / "b")).endswith("step_000004")
     assert [m["step"] for m in read_jsonl(str(tmp_path / "b" / "metrics.jsonl")) if "loss" in m] == [1, 2, 3, 4]
     # log.out_dir=... given explicitly still wins
@@ -155,7 +144,7 @@ def test_optimizer_overrides_apply_on_resume(tmp_path, dataset, gguf_path, monke
 def test_shape_changes_are_refused_on_resume(tmp_path, dataset, gguf_path, capsys):
     run = tmp_path / "run"
     _short(run, dataset, gguf_path)
-    before = _snapshot(run)
+    before = file_tree(run)
     capsys.readouterr()
     assert T.main(["--resume", str(run), "data.seq_len=16"]) == 2
     err = _one_line_error(capsys)
@@ -163,7 +152,7 @@ def test_shape_changes_are_refused_on_resume(tmp_path, dataset, gguf_path, capsy
     assert T.main(["--resume", str(run), "model.overrides.hidden_size=128"]) == 2
     err = _one_line_error(capsys)
     assert "hidden_size=64" in err and "128" in err
-    assert _snapshot(run) == before
+    assert file_tree(run) == before
 
 
 # ---------------------------------------------------------------- 4. Ctrl-C --
