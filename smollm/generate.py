@@ -212,22 +212,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: the model's own)")
     p.add_argument("--prompt", action="append", default=None,
                    help="prompt (repeat for a batch; default: a fixed one)")
-    # Defaults: with --checkpoints, the run's own sample settings (how its samples.md was drawn);
-    # otherwise those of DEFAULTS.
+    # Defaults: for a run or checkpoint (--checkpoints, --model), its own sample settings (how its
+    # samples.md was drawn); otherwise those of DEFAULTS.
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens to add to each prompt, at most (capped where the context ends; default 64, or "
-                        "the run's with --checkpoints)")
+                        "a run's own)")
     p.add_argument("--temperature", type=float, default=None,
-                   help="0 = greedy (the default); e.g. 0.8 to sample (with --checkpoints: the run's own)")
+                   help="0 = greedy (the default; for a run or checkpoint, its own); e.g. 0.8 to sample")
     p.add_argument("--top-k", type=int, default=None,
-                   help="sample among the k likeliest tokens only (default: all, or the run's with --checkpoints)")
+                   help="sample among the k likeliest tokens only (default: all, or a run's own)")
     p.add_argument("--top-p", type=float, default=None,
                    help="sample among the likeliest tokens whose probabilities add up to p (default: all)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="make tokens already in the text less likely, as transformers does (>1 repeats less; "
                         "default 1: off)")
     p.add_argument("--seed", type=int, default=None,
-                   help="the sampling seed: the same seed, the same text (default 0, or the run's with --checkpoints)")
+                   help="the sampling seed: the same seed, the same text (default 0, or a run's own)")
     p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES,
                    help="the model's ops: torch (default) or triton (on a CPU, Triton's interpreter: slow)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
@@ -341,11 +341,12 @@ DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "seed": 0}
 
 
 def _settings(args) -> dict:
-    """max_new_tokens, temperature, top_k, seed: as given, else (with --checkpoints) the run's own
-    sample settings, else DEFAULTS. Says where the comparison's came from."""
+    """max_new_tokens, temperature, top_k, seed: as given, else those of the run (or checkpoint) given
+    to --checkpoints or --model, how its own samples were drawn, else DEFAULTS. Says where they came from."""
     from smollm.samples import sample_settings
 
-    run = sample_settings(args.checkpoints[0]) if args.checkpoints else {}
+    source = args.checkpoints[0] if args.checkpoints else args.model
+    run = sample_settings(source) if source and os.path.isdir(source) else {}
     out = {k: getattr(args, k) if getattr(args, k) is not None else run.get(k, v) for k, v in DEFAULTS.items()}
     taken = [k for k in DEFAULTS if getattr(args, k) is None and k in run]
     if taken:

@@ -173,6 +173,13 @@ def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
     assert G.main(["--checkpoints", str(run), "--prompt", "def f(x):", "--max-new-tokens", "4", "--temperature", "0",
                    "--seed", "0", "--out", str(by_hand)]) == 0
     assert by_run.read_text() == by_hand.read_text()
+    # --model RUN (or one of its checkpoints) samples as the run did too.
+    for model in (run, run / "checkpoints" / "step_000004"):
+        assert G.main(["--model", str(model), "--prompt", "x = "]) == 0
+        assert "sampling as the run's own samples: max_new_tokens 4, temperature 0.0" in capsys.readouterr().out
+    assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "2", "--temperature", "0.5",
+                   "--top-k", "3", "--seed", "2"]) == 0
+    assert "sampling as the run's own" not in capsys.readouterr().out  # every setting given: none taken
 
 
 def test_compare_takes_the_runs_sampling(tmp_path):
