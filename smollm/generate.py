@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="with --checkpoints: write the Markdown table here")
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: the model's own)")
     p.add_argument("--prompt", action="append", default=None,
-                   help="prompt (repeat for a batch; default: a fixed one)")
+                   help="prompt (repeat for a batch; default: a run's own sample prompts, else a fixed one)")
     # Defaults: for a run or checkpoint (--checkpoints, --model), its own sample settings (how its
     # samples.md was drawn); otherwise those of DEFAULTS.
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -355,6 +355,19 @@ def _settings(args) -> dict:
     return out
 
 
+def _run_prompts(args) -> list[str]:
+    """Without --prompt, a run (or checkpoint) given to --model continues its own sample prompts (all of
+    them, as a batch) and --checkpoints the first: text it learned to write, not English prose."""
+    from smollm.samples import sample_prompts
+
+    source = args.checkpoints[0] if args.checkpoints else args.model
+    prompts = sample_prompts(source) if source and os.path.isdir(source) else []
+    if prompts:
+        print(f"prompts: the run's own sample prompts ({len(prompts) if not args.checkpoints else 1}; --prompt "
+              f"overrides)", flush=True)
+    return prompts
+
+
 def main(argv=None):
     p = _parser()
     args = p.parse_args(argv)
@@ -366,7 +379,7 @@ def main(argv=None):
         _fail(error_line(e))
     if args.max_new_tokens < 1:
         _fail(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    prompts = args.prompt or ["The three most important things to know about Python are"]
+    prompts = args.prompt or _run_prompts(args) or ["The three most important things to know about Python are"]
     if args.checkpoints:
         return _compare(args, prompts[0], sampling)
     return _continue(args, prompts, sampling)

@@ -583,6 +583,10 @@ def _main(argv) -> int:
     print(f"{args.out}: {meta['tokens']['train']:,} train tokens ({meta['documents']['train']:,} documents), "
           f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']:,} documents), "
           f"{len(meta['shards'])} shards")
+    if meta["val_fraction"] > 0 and not meta["documents"]["val"]:  # the split is by each document's hash: a small corpus may draw none
+        print(f"note: no validation documents at --val-fraction {meta['val_fraction']} (each document is one with "
+              f"that chance); train.py will run without a validation loss: raise --val-fraction for a corpus "
+              f"of {meta['documents']['train']:,} documents")
     # The text policy, said where the counts are (nothing is dropped or replaced without a word).
     print("text: read as UTF-8; a local file with invalid UTF-8 stops the run, naming file and line"
           + ("; the standard library's few deliberately non-UTF-8 test files are left out" if "stdlib" in args.source

@@ -83,9 +83,9 @@ def checkpoint_info(ckpt: str) -> dict:
 SAMPLE_KEYS = ("max_new_tokens", "temperature", "top_k", "seed")  # what a comparison takes from a run
 
 
-def sample_settings(path: str) -> dict:
-    """The sample section (max_new_tokens, temperature, top_k, seed) of the run configuration of a run
-    directory or one of its checkpoints: how its own samples were drawn. Empty for other models."""
+def _sample_section(path: str) -> dict:
+    """The sample section of the run configuration of a run directory or one of its checkpoints;
+    empty for other models."""
     import yaml
 
     run_config = Run(path).config if os.path.isdir(Run(path).checkpoints) else os.path.join(path, RUN_CONFIG)
@@ -94,7 +94,20 @@ def sample_settings(path: str) -> dict:
             sample = (yaml.safe_load(f) or {}).get("sample") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return {}
+    return sample if isinstance(sample, dict) else {}
+
+
+def sample_settings(path: str) -> dict:
+    """max_new_tokens, temperature, top_k, seed of a run (or one of its checkpoints): how its own
+    samples were drawn. Empty for other models."""
+    sample = _sample_section(path)
     return {k: sample[k] for k in SAMPLE_KEYS if k in sample}
+
+
+def sample_prompts(path: str) -> list[str]:
+    """The prompts a run's own samples continue (empty for other models)."""
+    prompts = _sample_section(path).get("prompts") or []
+    return [p for p in prompts if isinstance(p, str)]
 
 
 def checkpoint_heading(info: dict) -> str:

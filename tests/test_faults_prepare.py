@@ -10,6 +10,7 @@ import pytest
 
 from smollm.files import atomic_write_json
 from smollm.prepare import _new_meta, main
+from smollm.tokenize_worker import is_val
 from test_prepare import DOCS, _expected, _jsonl, _run, _stream
 
 
@@ -216,6 +217,17 @@ def test_the_summary_says_the_text_policy(cli, tmp_path):
     assert rc == 0
     assert captured.out.splitlines()[-1] == ("text: read as UTF-8; a local file with invalid UTF-8 stops the run, "
                                              "naming file and line")
+
+
+def test_a_corpus_too_small_for_a_validation_split_is_told(cli, tmp_path):
+    docs = [d for d in DOCS[:20] if d.strip() and not is_val(d, 0.01)]
+    rc, captured = cli("--source", _jsonl(tmp_path / "a.jsonl", docs))
+    assert rc == 0 and (f"note: no validation documents at --val-fraction 0.01 (each document is one with that "
+                        f"chance); train.py will run without a validation loss: raise --val-fraction for a corpus "
+                        f"of {len(docs)} documents") in captured.out.splitlines()
+    rc, captured = cli("--source", _jsonl(tmp_path / "a.jsonl", docs), "--val-fraction", "0",
+                       out=tmp_path / "no_val")  # asked for none: nothing to tell
+    assert rc == 0 and "note:" not in captured.out
 
 
 def test_existing_empty_out_is_left_as_it_was(cli, tmp_path):

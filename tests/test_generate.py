@@ -180,6 +180,16 @@ def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
     assert G.main(["--model", str(run), "--prompt", "x = ", "--max-new-tokens", "2", "--temperature", "0.5",
                    "--top-k", "3", "--seed", "2"]) == 0
     assert "sampling as the run's own" not in capsys.readouterr().out  # every setting given: none taken
+    # Without --prompt, a run continues its own sample prompts (a batch) and --checkpoints the first.
+    from smollm.samples import sample_prompts
+
+    own = sample_prompts(str(run))
+    assert own and G.main(["--model", str(run), "--max-new-tokens", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"prompts: the run's own sample prompts ({len(own)}; --prompt overrides)" in printed
+    assert all(f"--- {p}" in printed for p in own) and "The three most important" not in printed
+    assert G.main(["--checkpoints", str(run), "--max-new-tokens", "2"]) == 0
+    assert "prompts: the run's own sample prompts (1; --prompt overrides)" in capsys.readouterr().out
 
 
 def test_compare_takes_the_runs_sampling(tmp_path):
