@@ -583,7 +583,8 @@ def _main(argv) -> int:
     print(f"{args.out}: {meta['tokens']['train']:,} train tokens ({meta['documents']['train']:,} documents), "
           f"{meta['tokens']['val']:,} val tokens ({meta['documents']['val']:,} documents), "
           f"{len(meta['shards'])} shards")
-    if meta["val_fraction"] > 0 and not meta["documents"]["val"]:  # the split is by each document's hash: a small corpus may draw none
+    # The split is by each document's hash: a small corpus may draw no validation document at all.
+    if meta["val_fraction"] > 0 and not meta["documents"]["val"]:
         print(f"note: no validation documents at --val-fraction {meta['val_fraction']} (each document is one with "
               f"that chance); train.py will run without a validation loss: raise --val-fraction for a corpus "
               f"of {meta['documents']['train']:,} documents")
