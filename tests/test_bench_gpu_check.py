@@ -112,8 +112,8 @@ def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     parity = [r for r in rows if r["section"] == "e"]
     assert parity[0]["status"] == "skipped" and parity[0]["reason"].startswith("pytest not installed")
     errs = {r["name"]: r["max_abs_err"] for r in parity if "max_abs_err" in r}
-    assert set(errs) == {f"{op} {dt}" for op in ("rms_norm", "rope", "swiglu", "linear_cross_entropy")
-                         for dt in ("float32", "bfloat16")}
+    ops = ("rms_norm", "add_rms_norm", "rope", "swiglu", "swiglu_packed", "linear_cross_entropy")  # every kernel
+    assert set(errs) == {f"{op} {dt}" for op in ops for dt in ("float32", "bfloat16")}
     assert all(0 <= e < 1 for e in errs.values()), errs
     assert "**error**: ValueError" in md and "1 row(s) failed" in md
 
