@@ -340,13 +340,19 @@ def _continue(args, prompts: list[str], sampling: Sampling) -> int:
 DEFAULTS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": None, "seed": 0}
 
 
+def _run_source(args) -> str | None:
+    """The local directory whose run's sample section sets the defaults: --checkpoints' first, else --model."""
+    source = args.checkpoints[0] if args.checkpoints else args.model
+    return source if source and os.path.isdir(source) else None
+
+
 def _settings(args) -> dict:
     """max_new_tokens, temperature, top_k, seed: as given, else those of the run (or checkpoint) given
     to --checkpoints or --model, how its own samples were drawn, else DEFAULTS. Says where they came from."""
     from smollm.samples import sample_settings
 
-    source = args.checkpoints[0] if args.checkpoints else args.model
-    run = sample_settings(source) if source and os.path.isdir(source) else {}
+    source = _run_source(args)
+    run = sample_settings(source) if source else {}
     out = {k: getattr(args, k) if getattr(args, k) is not None else run.get(k, v) for k, v in DEFAULTS.items()}
     taken = [k for k in DEFAULTS if getattr(args, k) is None and k in run]
     if taken:
@@ -360,8 +366,8 @@ def _run_prompts(args) -> list[str]:
     them, as a batch) and --checkpoints the first: text it learned to write, not English prose."""
     from smollm.samples import sample_prompts
 
-    source = args.checkpoints[0] if args.checkpoints else args.model
-    prompts = sample_prompts(source) if source and os.path.isdir(source) else []
+    source = _run_source(args)
+    prompts = sample_prompts(source) if source else []
     if prompts:
         print(f"prompts: the run's own sample prompts ({len(prompts) if not args.checkpoints else 1}; --prompt "
               f"overrides)", flush=True)
