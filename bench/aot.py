@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, stamp, write_rows  # noqa: E402
-from kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
+from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
 from smollm.config import get_preset  # noqa: E402
 
 TARGETS = {"sm_86 (A10G)": GPUTarget("cuda", 86, 32), "sm_90 (H100)": GPUTarget("cuda", 90, 32)}

@@ -1,5 +1,5 @@
 """Peak extra memory of loss + backward for the LM head + cross-entropy, measured side by side:
-naive (full logits + F.cross_entropy) against kernels.cross_entropy.linear_cross_entropy (fused,
+naive (full logits + F.cross_entropy) against smollm.kernels.cross_entropy.linear_cross_entropy (fused,
 chunked), at the model's hidden size and vocabulary.
 
 Each variant runs in a fresh process. Extra memory = the peak of tensor memory allocated during loss +
@@ -35,7 +35,7 @@ def _rss() -> int:
 def child(variant: str, n: int, v: int, d: int, device: str) -> dict:
     import torch
 
-    from kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+    from smollm.kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 
     fn = {"naive": linear_cross_entropy_reference, "fused": linear_cross_entropy}[variant]
     g = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def to_markdown(rows: list[Row]) -> str:
         provenance_md(summary), "",
         f"V = {p['v']}, D = {p['d']}. Extra = peak tensor memory allocated during loss + backward, beyond the inputs"
         f"{'' if not rss else ' (torch.profiler allocation events)'}. The fused op's chunks come from "
-        f"its budget of {p['chunk_budget_mib']:,.0f} MiB of logits per chunk (kernels.cross_entropy.CHUNK_BYTES); "
+        f"its budget of {p['chunk_budget_mib']:,.0f} MiB of logits per chunk (smollm.kernels.cross_entropy.CHUNK_BYTES); "
         "the unavoidable buffers are grad_weight + grad_hidden (fp32).", "",
         *headlines_md(rows),
         "| N | naive extra | fused extra | fused / naive | fused / unavoidable | unavoidable | chunk rows x chunks "
@@ -105,7 +105,7 @@ def main(argv=None):
 
     import torch
 
-    from kernels.cross_entropy import CHUNK_BYTES, budget_chunk_rows
+    from smollm.kernels.cross_entropy import CHUNK_BYTES, budget_chunk_rows
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     v, d = args.v, args.d

@@ -50,7 +50,8 @@ import traceback  # noqa: E402
 
 import torch  # noqa: E402
 
-import kernels as K  # noqa: E402
+from smollm import kernels as K  # noqa: E402
+from smollm.kernels import cross_entropy as CE  # noqa: E402
 from bench import kernels as BK  # noqa: E402
 from bench.measure import (allocated_mib, copy_gb_s, free_memory, gemm_tflop_s, peak_gb_s,  # noqa: E402
                            peak_memory_mib, reset_peak_memory, sync, time_ms)
@@ -62,6 +63,10 @@ from smollm.metrics import flops_per_token, peak_tflops  # noqa: E402
 
 SECTIONS = {"a": "Measured ceilings", "b": "Training step", "c": "Profile of one triton-path step",
             "d": "Ops, forward+backward", "e": "Kernel parity on this device"}
+# The order they run in unless --sections gives another: correctness first (is what a GPU compiles right?),
+# then the training rows (the number the project exists for), then the rest. (b)'s MFU against the measured
+# GEMM rate is worked out when (a) has run, whichever came first.
+DEFAULT_ORDER = ["e", "b", "c", "a", "d"]
 # Our triton path first: the most valuable row, and the model (c) profiles without compiling again.
 TRAIN_ROWS = [("ours, triton path, compiled", "ours", "triton"), ("ours, torch path, compiled", "ours", "torch"),
               ("transformers, compiled", "hf", None)]
@@ -81,7 +86,8 @@ MiB = 2 ** 20
 # graph compiled forward and backward; each timed call is one do_bench. (e): the four parity test
 # files compile each kernel variant once; bench/parity.py's in-process run is smaller.
 ESTIMATE_S = {"gemm": 10, "copy": 5, "train": 120, "profile": 15, "profile_eager": 40, "op_eager": 3,
-              "op_compiled": 20, "op_triton": 5, "op_liger": 5, "pytest": 60, "parity": 25}
+              "op_compiled": 20, "op_triton": 5, "op_liger": 5, "pytest": 60, "parity": 25, "probe": 5}
+PARITY_WORKERS = 8  # pytest-xdist processes for (e) on a GPU, where installed: Triton compiles on the CPU cores
 
 
 def defaults(gpu: bool) -> dict:
@@ -172,7 +178,7 @@ def console(row: dict) -> str:
     if row["status"] == "error":
         return f"ERROR {row['reason']}"
     keys = ("tflop_s", "gb_s", "tokens_per_s", "mfu_nominal", "mfu_measured", "loss", "ms", "total_ms", "summary",
-            "max_abs_err")
+            "max_abs_err", "probe_ok", "fallback_extra_ms_per_step")
     return ", ".join(f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}"
                      for k in keys if row.get(k) is not None) or "ok"
 
@@ -440,7 +446,7 @@ def kernel_op(name: str):
 
 
 def extra_case(op: str, tokens: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """The ops kernels/ may add, with the bytes any implementation must move (forward + backward)."""
+    """The ops smollm/kernels/ may add, with the bytes any implementation must move (forward + backward)."""
     g = torch.Generator().manual_seed(0)
     D, F, N = BK.D, BK.F, tokens
     e = torch.finfo(dtype).bits // 8
@@ -538,7 +544,10 @@ def pytest_row(ctx: Ctx) -> dict:
     if not installed("liger_kernel"):
         cmd += ["-k", "not liger"]
         deselected = "liger-kernel is not installed: its comparison deselected"
-    timeout = max(1.0, ctx.rec.budget.left() - 5)
+    if ctx.gpu and installed("xdist"):
+        cmd += ["-n", str(PARITY_WORKERS)]
+    # Run first, the tests must leave the training rows their time: at most --parity-timeout-s.
+    timeout = max(1.0, min(ctx.rec.budget.left() - 5, ctx.args.parity_timeout_s))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -557,8 +566,36 @@ def pytest_row(ctx: Ctx) -> dict:
     return row
 
 
+def probe_row(ctx: Ctx) -> dict:
+    """The fused cross-entropy accumulates grad_weight with one fp32-output GEMM per chunk where a once-per-device
+    probe says that works (kernels/cross_entropy.py), else with a fallback: the product in bf16, then an fp32
+    add. A failed probe is no parity failure (the fallback's numbers are tested too) but a cost, measured here
+    at the training step's chunk size: each way, and a bare bf16 GEMM of the same shape as the floor."""
+    dev, a = ctx.device, ctx.args
+    V, D, N = ctx.cfg.vocab_size, ctx.cfg.hidden_size, a.batch * a.seq
+    rows = min(CE.budget_chunk_rows(N, V, 2, CE.CHUNK_BYTES), N)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, V, generator=g).to(dev, torch.bfloat16)  # (C, V)
+    h = torch.randn(rows, D, generator=g).to(dev, torch.bfloat16)  # (C, D)
+    acc = torch.zeros(V, D, device=dev)  # (V, D) fp32
+    ok = CE.fp32_out_gemm(dev, torch.bfloat16)
+    chunks = -(-N // rows)
+    row = {"probe_ok": ok, "chunk_rows": rows, "chunks_per_step": chunks, "vocab": V,
+           "bf16_gemm_ms": time_ms(lambda: logits.t() @ h, dev),
+           "fallback_ms": time_ms(lambda: CE.accumulate_grad_weight(acc, logits, h, fp32_out=False), dev)}
+    if ok:
+        row["fp32_out_ms"] = time_ms(lambda: CE.accumulate_grad_weight(acc, logits, h, fp32_out=True), dev)
+    best = row.get("fp32_out_ms", row["bf16_gemm_ms"])
+    row["fallback_extra_ms_per_step"] = (row["fallback_ms"] - best) * chunks
+    row["uses"] = "the fp32-output GEMM" if ok else "the fallback (bf16 product + fp32 add)"
+    if not ctx.gpu:
+        row["note"] = "CPU: torch has no fp32-output bf16 GEMM here, the fallback is expected"
+    return row
+
+
 def section_e(ctx: Ctx) -> None:
     a = ctx.args
+    run_row(ctx.rec, "e", "fp32-output GEMM probe", ESTIMATE_S["probe"], lambda: probe_row(ctx), device=ctx.device)
     use_pytest = a.parity == "pytest" or (a.parity == "auto" and installed("pytest"))
     if use_pytest:
         run_row(ctx.rec, "e", "parity tests (pytest)", ESTIMATE_S["pytest"], lambda: pytest_row(ctx))
@@ -600,11 +637,36 @@ def status_cell(r: dict) -> str:
     return f"skipped: {r['reason']}" if r["status"] == "skipped" else f"**error**: {r['reason']}"
 
 
+def probe_text(r: dict) -> str:
+    """The probe row in words: which way grad_weight accumulates, and what the fallback costs per step."""
+    ways = f"fallback {r['fallback_ms']:.3f} ms" + (f", fp32-output GEMM {r['fp32_out_ms']:.3f} ms" if "fp32_out_ms" in r
+                                                    else f", bare bf16 GEMM {r['bf16_gemm_ms']:.3f} ms")
+    verdict = "works" if r["probe_ok"] else "unavailable (CPU)" if r.get("note") else "FAILED"
+    return (f"{verdict}: training uses {r['uses']}; per chunk {ways}; the fallback costs "
+            f"{r['fallback_extra_ms_per_step']:.2f} ms per step ({r['chunks_per_step']} chunks)")
+
+
+def with_ceilings(rows: list[dict]) -> list[dict]:
+    """The rows with (b)'s MFU against the measured GEMM rate and (d)'s share of the measured copy bandwidth
+    filled in from (a)'s rows where they ran before (a) (the default order runs (b) first)."""
+    gemm = next((r for r in rows if r["section"] == "a" and r["status"] == "ok" and r.get("tflop_s")), None)
+    copy = next((r for r in rows if r["section"] == "a" and r["status"] == "ok" and r.get("gb_s")), None)
+    out = []
+    for r in rows:
+        if r["status"] == "ok" and r["section"] == "b" and r.get("mfu_measured") is None and gemm:
+            r = {**r, "mfu_measured": r["model_tflop_s"] / gemm["tflop_s"]}
+        elif r["status"] == "ok" and r["section"] == "d" and r.get("copy_share") is None and copy and r.get("gb_s"):
+            r = {**r, "copy_share": r["gb_s"] / copy["gb_s"]}
+        out.append(r)
+    return out
+
+
 def find(rows, section, name):
     return next((r for r in rows if r["section"] == section and r["name"] == name and r["status"] == "ok"), None)
 
 
 def headlines(rows: list[dict]) -> list[str]:
+    rows = with_ceilings(rows)
     out = []
     gemm = next((r for r in rows if r["section"] == "a" and "tflop_s" in r and r["status"] == "ok"), None)
     copy = next((r for r in rows if r["section"] == "a" and "gb_s" in r and r["status"] == "ok"), None)
@@ -643,6 +705,9 @@ def headlines(rows: list[dict]) -> list[str]:
             out.append(f"cross-entropy fwd+bwd ({best['impl']}) {best['ms']:.3f} ms = {best['ms'] / gemm_ms:.2f}x its "
                        f"3 GEMMs' time at the measured GEMM rate ({gemm_ms:.3f} ms)")
     for r in rows:
+        if r["section"] == "e" and r["name"] == "fp32-output GEMM probe" and r["status"] == "ok" and not r["probe_ok"] \
+                and not r.get("note"):  # on a GPU a failed probe costs speed: a headline
+            out.append(f"fp32-output GEMM probe {probe_text(r)}")
         if r["section"] == "e" and r["name"] == "parity tests (pytest)" and r["status"] != "skipped":
             out.append(f"kernel parity tests on this device: {r.get('summary') or r.get('reason')}")
     errors = [r for r in rows if r["status"] == "error"]
@@ -723,6 +788,8 @@ def render_section(sec: str, rows: list[dict]) -> list[str]:
         for r in rs:
             if r["status"] != "ok":
                 body.append([r["name"], status_cell(r), "", ""])
+            elif "probe_ok" in r:
+                body.append([r["name"], probe_text(r), "", f"{r['chunk_rows']:,} per chunk"])
             elif "summary" in r:
                 body.append([r["name"], r["summary"] + (f" ({r['deselected']})" if r.get("deselected") else ""), "", ""])
             elif "max_abs_err" in r:
@@ -747,6 +814,7 @@ def render_md(rows: list[dict], st: Stamp, meta: dict, budget: Budget, final: bo
         lines += ["No GPU: this is a CPU smoke run; the Triton rows run Triton's interpreter (their timings mean "
                   "nothing) and every figure is the CPU's.", ""]
     heads = headlines(rows)
+    rows = with_ceilings(rows)
     lines += ["## Headlines", ""] + ([f"- {h}" for h in heads] or ["(none yet)"]) + [""]
     for sec in meta["sections"]:
         lines += [f"## ({sec}) {SECTIONS[sec]}", ""] + render_section(sec, rows) + [""]
@@ -765,7 +833,8 @@ def parse_args(argv, gpu: bool) -> argparse.Namespace:
                    help="stop a row still running then, and exit (default: budget + 20 s)")
     p.add_argument("--estimate-scale", type=float, default=1.0,
                    help="multiply every row's time estimate (ESTIMATE_S): < 1 for a faster machine")
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=DEFAULT_ORDER, choices=list(SECTIONS),
+                   help=f"which sections, run in the order given (default {' '.join(DEFAULT_ORDER)})")
     p.add_argument("--require-gpu", action="store_true", help="exit 2 at once when torch sees no GPU")
     p.add_argument("--gemm-n", type=int, default=d["gemm_n"])
     p.add_argument("--copy-mib", type=int, default=d["copy_mib"])
@@ -782,6 +851,8 @@ def parse_args(argv, gpu: bool) -> argparse.Namespace:
                    help="(e): pytest when installed (auto), or bench/parity.py in-process")
     p.add_argument("--parity-tests", nargs="+", default=PARITY_TESTS)
     p.add_argument("--parity-tokens", type=int, default=d["parity_tokens"])
+    p.add_argument("--parity-timeout-s", type=float, default=200.0,
+                   help="(e): stop the parity tests after this long, so the rows after them keep their time")
     args = p.parse_args(argv)
     args.warmup = max(1, args.warmup)
     return args
@@ -797,7 +868,7 @@ def main(argv=None, start: float | None = None) -> int:
         return 2
     budget = Budget(args.budget_s, time.monotonic() if start is None else start)
     st = stamp("gpu_check", device)
-    sections = [s for s in SECTIONS if s in args.sections]  # in order of value, whatever the flag's order
+    sections = list(dict.fromkeys(args.sections))  # in the order asked for, each once
     meta = {"started": now_utc(), "sections": sections, "cpu": device.type != "cuda"}
     rec = Recorder(args.out, st, budget, meta)
     rec.estimate_scale = args.estimate_scale

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-import kernels as K
+from smollm import kernels as K
 from bench.measure import A10G_GB_S, peak_extra_bytes, peak_gb_s, time_ms
 from bench.results import RESULTS_DIR, Row, Stamp, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset

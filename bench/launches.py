@@ -178,7 +178,7 @@ def main(argv=None):
     p.add_argument("--before", default=None, help="an earlier run's launches_cpu.jsonl, shown as rows above")
     p.add_argument("--out", default=RESULTS_DIR)
     args = p.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") != "1":  # kernels/__init__.py sets it only where there is no GPU
+    if os.environ.get("TRITON_INTERPRET") != "1":  # smollm/kernels/__init__.py sets it only where there is no GPU
         p.error("counts are taken on the CPU through Triton's interpreter: on a machine with a GPU, run with "
                 "TRITON_INTERPRET=1")
     cfg = dataclasses.replace(get_preset(args.preset), num_hidden_layers=args.layers)

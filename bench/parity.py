@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-import kernels as K
+from smollm import kernels as K
 from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
 

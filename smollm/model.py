@@ -1,6 +1,6 @@
 """SmolLM2 (a Llama decoder) with Hugging Face LlamaForCausalLM state-dict keys.
 
-`kernels="torch"` runs the plain-PyTorch references in `kernels/`; `kernels="triton"` runs the fused
+`kernels="torch"` runs the plain-PyTorch references in `smollm/kernels/`; `kernels="triton"` runs the fused
 Triton ops. Both give the same numbers within dtype tolerance.
 
 Two layout choices serve speed and keep Hugging Face's format: q, k and v come from one GEMM (and
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import cross_entropy, rmsnorm, rope, swiglu
+from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu
 from smollm.config import KERNEL_CHOICES, ModelConfig
 
 

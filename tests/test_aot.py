@@ -24,11 +24,11 @@ def test_every_kernel_compiles_for_sm86_and_sm90_without_spills(tmp_path):
     assert all(r["status"] == "ok" and r["local"] == 0 and r["reg"] > 0 for r in rows), rows
     assert {r["target"] for r in rows} == {"sm_86 (A10G)", "sm_90 (H100)"}
 
-    # Every kernel that kernels/ launches (`_name[(grid)](...)`) is in the table, in fp32 and bf16.
+    # Every kernel that smollm/kernels/ launches (`_name[(grid)](...)`) is in the table, in fp32 and bf16.
     launched = set()
-    for name in os.listdir(os.path.join(ROOT, "kernels")):
+    for name in os.listdir(os.path.join(ROOT, "smollm", "kernels")):
         if name.endswith(".py"):
-            launched |= set(re.findall(r"(_\w+)\[\(", open(os.path.join(ROOT, "kernels", name)).read()))
+            launched |= set(re.findall(r"(_\w+)\[\(", open(os.path.join(ROOT, "smollm", "kernels", name)).read()))
     covered = {r["function"] for r in rows}
     assert launched and launched <= covered, f"kernels not compiled ahead of time: {launched - covered}"
     assert {r["kernel"].split("[")[1] for r in rows} == {"fp32]", "bf16]"}

@@ -101,15 +101,21 @@ def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
                            "--op-tokens", "64", "--parity-tokens", "16", "--budget-s", "3000"])
     assert code == 1
     rows, md = read_rows(tmp_path)
-    assert [r["section"] for r in rows][:2] == ["c", "d"]  # sections run in order of value, whatever the flag's order
-    assert rows[0]["status"] == "ok" and rows[0]["model"].startswith("an eager triton-path model")
-    assert all(rows[0]["families"][f]["ms"] > 0 for f in gpu_check.OUR_FAMILIES)
+    order = [r["section"] for r in rows]
+    assert order == sorted(order, key="edc".index) and order[-1] == "c"  # sections run in the flag's order
+    (prof,) = [r for r in rows if r["section"] == "c"]
+    assert prof["status"] == "ok" and prof["model"].startswith("an eager triton-path model")
+    assert all(prof["families"][f]["ms"] > 0 for f in gpu_check.OUR_FAMILIES)
     (bad,) = [r for r in rows if r["status"] == "error"]
     assert bad["name"] == "bogus" and bad["reason"].startswith("ValueError: unknown op 'bogus'") and bad["traceback"]
     after = [r for r in rows if r["section"] == "d" and r.get("op") == extra[0]]
     assert [r["impl"] for r in after] == ["eager", "compiled", "triton", "liger"]
     assert after[0]["status"] == after[1]["status"] == "ok"
-    parity = [r for r in rows if r["section"] == "e"]
+    probe, *parity = [r for r in rows if r["section"] == "e"]
+    assert probe["name"] == "fp32-output GEMM probe" and probe["status"] == "ok" and probe["probe_ok"] is False
+    assert probe["note"].startswith("CPU") and probe["fallback_ms"] > 0 and probe["bf16_gemm_ms"] > 0
+    assert probe["chunks_per_step"] == 1 and probe["chunk_rows"] == 2 * 32
+    assert "unavailable (CPU): training uses the fallback" in md and "probe" not in " ".join(gpu_check.headlines(rows))
     assert parity[0]["status"] == "skipped" and parity[0]["reason"].startswith("pytest not installed")
     errs = {r["name"]: r["max_abs_err"] for r in parity if "max_abs_err" in r}
     ops = ("rms_norm", "add_rms_norm", "rope", "swiglu", "swiglu_packed", "linear_cross_entropy")  # every kernel
@@ -125,10 +131,11 @@ def test_parity_tests_run_under_pytest(tmp_path):
     (tests / "test_fail.py").write_text("def test_c():\n    assert 1 == 2\n")
     args = ["--sections", "e", "--parity", "pytest", "--budget-s", "300"]
     assert gpu_check.main(["--out", str(tmp_path / "ok"), *args, "--parity-tests", str(tests / "test_pass.py")]) == 0
-    (row,) = read_rows(tmp_path / "ok")[0]
+    probe, row = read_rows(tmp_path / "ok")[0]
+    assert probe["name"] == "fp32-output GEMM probe"
     assert row["status"] == "ok" and row["returncode"] == 0 and "2 passed" in row["summary"]
     assert gpu_check.main(["--out", str(tmp_path / "bad"), *args, "--parity-tests", str(tests)]) == 1
-    (row,) = read_rows(tmp_path / "bad")[0]
+    _, row = read_rows(tmp_path / "bad")[0]
     assert row["status"] == "error" and "1 failed, 2 passed" in row["reason"]
 
 
@@ -136,7 +143,9 @@ def test_zero_budget_skips_every_row_and_still_writes(tmp_path):
     proc = run_script(tmp_path, *TINY, "--budget-s", "0", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows, md = read_rows(tmp_path)
-    assert {r["section"] for r in rows} == set(gpu_check.SECTIONS)
+    order = list(dict.fromkeys(r["section"] for r in rows))
+    assert order == gpu_check.DEFAULT_ORDER and order[:2] == ["e", "b"]  # correctness, then the training rows
+    assert set(order) == set(gpu_check.SECTIONS)
     assert rows and all(r["status"] == "skipped" and r["reason"].startswith("time budget") for r in rows)
     assert all(all(r.get(k) for k in STAMP) for r in rows)
     assert md.count("skipped: time budget") == len(rows)
@@ -231,7 +240,7 @@ def test_gpu_defaults():
     a = gpu_check.parse_args([], gpu=True)
     assert (a.gemm_n, a.copy_mib, a.preset, a.batch, a.seq, a.steps, a.op_tokens, a.budget_s) == (
         8192, 1024, "smollm2-135m", 16, 1024, 10, 16384, 450.0)
-    assert a.sections == list(gpu_check.SECTIONS) and a.ops is None and a.parity == "auto"
+    assert a.sections == gpu_check.DEFAULT_ORDER and a.ops is None and a.parity == "auto"
 
 
 def test_profiled_times_gpu_branch_reads_real_profiler_fields():
@@ -291,6 +300,30 @@ def test_markdown_of_gpu_rows():
     assert "| rmsnorm | liger | skipped: liger-kernel is not installed |" in md
 
 
+def test_ceilings_measured_after_the_rows_that_use_them():
+    # The default order runs (b) and (d) before (a): their shares of (a)'s rates are filled in afterwards.
+    rows = [{"section": "b", "name": "ours, triton path, compiled", "status": "ok", "model_tflop_s": 200.0,
+             "mfu_measured": None},
+            {"section": "d", "name": "ce, triton", "status": "ok", "gb_s": 600.0, "copy_share": None},
+            {"section": "a", "name": "bfloat16 GEMM 8192^3", "status": "ok", "tflop_s": 800.0},
+            {"section": "a", "name": "device copy 1024 MiB", "status": "ok", "gb_s": 4000.0}]
+    b, d, *_ = gpu_check.with_ceilings(rows)
+    assert b["mfu_measured"] == 0.25 and d["copy_share"] == 0.15
+    assert rows[0]["mfu_measured"] is None  # the record's rows are left as measured
+    assert gpu_check.with_ceilings(rows[:2]) == rows[:2]  # no (a): nothing to fill in
+
+
+def test_a_failed_probe_on_a_gpu_is_a_headline_with_its_cost():
+    row = {"section": "e", "name": "fp32-output GEMM probe", "status": "ok", "probe_ok": False, "chunk_rows": 4096,
+           "chunks_per_step": 4, "vocab": 49152, "bf16_gemm_ms": 0.5, "fallback_ms": 0.9,
+           "fallback_extra_ms_per_step": 1.6, "uses": "the fallback (bf16 product + fp32 add)"}
+    (head,) = gpu_check.headlines([row])
+    assert head == ("fp32-output GEMM probe FAILED: training uses the fallback (bf16 product + fp32 add); per chunk "
+                    "fallback 0.900 ms, bare bf16 GEMM 0.500 ms; the fallback costs 1.60 ms per step (4 chunks)")
+    assert gpu_check.headlines([{**row, "probe_ok": True, "fp32_out_ms": 0.5,
+                                 "uses": "the fp32-output GEMM"}]) == []  # working as it should: no headline
+
+
 # ------------------------------------------------------------------------------ bench/gpu.sh --
 
 def run_gpu_sh(out, *args):
@@ -311,10 +344,20 @@ def test_gpu_sh_without_a_gpu_refuses_and_leaves_nothing(tmp_path):
 
 
 def test_gpu_sh_cpu_smoke_writes_rows_and_its_log(tmp_path):
-    proc = run_gpu_sh(tmp_path, "--cpu-smoke", "--sections", "a")  # the wrapper's path; the rows are tested above
+    # The wrapper's path, with (e) asked for first: its probe row, then the parity tests (a stand-in file, so
+    # this stays quick; the real ones run in CI on their own), then (a). The rows are tested above.
+    tests = tmp_path / "stand_in"
+    tests.mkdir()
+    (tests / "test_pass.py").write_text("def test_a():\n    pass\n")
+    out = tmp_path / "out"
+    proc = run_gpu_sh(out, "--cpu-smoke", "--sections", "e", "a", "--parity", "pytest", "--parity-tests", str(tests))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows, _ = read_rows(tmp_path)
-    assert [r["section"] for r in rows] == ["a", "a"] and all(r["status"] == "ok" for r in rows)
+    rows, _ = read_rows(out)
+    assert [(r["section"], r["name"]) for r in rows] == [
+        ("e", "fp32-output GEMM probe"), ("e", "parity tests (pytest)"), ("a", "float32 GEMM 256^3"),
+        ("a", "device copy 8 MiB")]
+    assert all(r["status"] == "ok" for r in rows) and rows[0]["probe_ok"] is False and "1 passed" in rows[1]["summary"]
+    tmp_path = out
     log = (tmp_path / "gpu_check.log").read_text()
     assert not (tmp_path / "gpu_check.log.partial").exists() and "bench/gpu.sh: check done" in proc.stdout
     assert "GEMM" in log or "gemm" in log, log[-2000:]

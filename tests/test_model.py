@@ -95,8 +95,8 @@ def _loss_and_grads(model, ids, targets):
 
 
 # The Triton forward kernels behind the model's four fused ops and its loss: (module, kernel).
-TRITON_KERNELS = [("kernels.rmsnorm", "_rms_norm_fwd"), ("kernels.rope", "_rope_kernel"),
-                  ("kernels.swiglu", "_swiglu_fwd"), ("kernels.cross_entropy", "_ce_rows")]
+TRITON_KERNELS = [("smollm.kernels.rmsnorm", "_rms_norm_fwd"), ("smollm.kernels.rope", "_rope_kernel"),
+                  ("smollm.kernels.swiglu", "_swiglu_fwd"), ("smollm.kernels.cross_entropy", "_ce_rows")]
 
 
 def _count_launches(monkeypatch) -> dict[str, int]:
@@ -144,7 +144,7 @@ def test_set_kernels_switches_every_module(monkeypatch):
     once per use; set_kernels("torch") gives back the references, and a forward launches none."""
     import dataclasses
 
-    from kernels import cross_entropy, rmsnorm, rope, swiglu
+    from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu
     from smollm.model import MLP, Attention, RMSNorm
 
     torch_ops = {"rms_norm": rmsnorm.rms_norm_reference, "add_rms_norm": rmsnorm.add_rms_norm_reference,

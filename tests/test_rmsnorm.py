@@ -1,4 +1,4 @@
-"""kernels/rmsnorm.py against its reference. fp32: 1e-5 (dW, a sum over all rows in another order:
+"""smollm/kernels/rmsnorm.py against its reference. fp32: 1e-5 (dW, a sum over all rows in another order:
 1e-5 of its largest value). bf16: conftest.assert_bf16_close; a bf16 y written under autocast from fp32
 inputs: the reference's fp32 y rounded once (_assert_one_rounding)."""
 
@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from kernels.rmsnorm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
+from smollm.kernels.rmsnorm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
 
 from conftest import DEVICE, assert_bf16_close
 
@@ -70,7 +70,7 @@ def test_bad_dtype():
 
 # ---- add_rms_norm: residual = x + delta, y = rms_norm(residual) in one kernel each way ----
 
-rmsnorm_module = importlib.import_module("kernels.rmsnorm")  # `kernels.rmsnorm` the module, for the spies
+rmsnorm_module = importlib.import_module("smollm.kernels.rmsnorm")  # `smollm.kernels.rmsnorm` the module, for the spies
 
 # Odd row counts, D not a power of two, and the model's width.
 ADD_SHAPES = [(1, 576), (7, 576), (2, 33, 576), (5, 100), (3, 1000)]

@@ -1,4 +1,4 @@
-"""kernels/rope.py against its reference (Hugging Face rotate_half). fp32: 1e-5. bf16:
+"""smollm/kernels/rope.py against its reference (Hugging Face rotate_half). fp32: 1e-5. bf16:
 conftest.assert_bf16_close."""
 
 import importlib
@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from kernels.rope import rope, rope_reference, rope_tables
+from smollm.kernels.rope import rope, rope_reference, rope_tables
 
 from conftest import DEVICE, assert_bf16_close
 
@@ -91,7 +91,7 @@ def test_fused_qkv_split_views(monkeypatch, dtype):
     """The model's q and k: qkv.view(B, T, 15, 64).split([9, 3, 3], dim=2) of one fused projection. rope
     reads them in place (the kernel gets the views' own memory, not copies) and gives exactly what it
     gives on contiguous copies, forward and backward (into qkv's q and k heads; none into v)."""
-    rope_module = importlib.import_module("kernels.rope")
+    rope_module = importlib.import_module("smollm.kernels.rope")
     spy = _Spy(rope_module._rope_kernel)
     monkeypatch.setattr(rope_module, "_rope_kernel", spy)
     B, T, Hq, Hkv, D = 2, 6, 9, 3, 64

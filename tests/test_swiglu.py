@@ -1,11 +1,11 @@
-"""kernels/swiglu.py against its reference. fp32: 1e-5. bf16: conftest.assert_bf16_close."""
+"""smollm/kernels/swiglu.py against its reference. fp32: 1e-5. bf16: conftest.assert_bf16_close."""
 
 import importlib
 
 import pytest
 import torch
 
-from kernels.swiglu import swiglu, swiglu_packed, swiglu_packed_reference, swiglu_reference
+from smollm.kernels.swiglu import swiglu, swiglu_packed, swiglu_packed_reference, swiglu_reference
 
 from conftest import DEVICE, assert_bf16_close
 
@@ -57,7 +57,7 @@ def test_shape_mismatch():
 
 # ---- swiglu_packed: the two halves of one fused gate-up projection, read in place ----
 
-swiglu_module = importlib.import_module("kernels.swiglu")  # `kernels.swiglu` the module, for the spies
+swiglu_module = importlib.import_module("smollm.kernels.swiglu")  # `smollm.kernels.swiglu` the module, for the spies
 
 PACKED_SHAPES = [(1, 2), (1, 3072), (2, 64, 3072), (5, 2002), (3, 8194)]  # (..., 2F); F = 1536 in the model
 

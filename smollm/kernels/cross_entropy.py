@@ -37,13 +37,14 @@ raises a ValueError naming the target, its row and the vocabulary range.
 
 import functools
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.utils import SUPPORTED_DTYPES, check_dtype
+from smollm.kernels.utils import SUPPORTED_DTYPES, check_dtype
 
 BLOCK_V = 4096
 CHUNK_BYTES = 512 * 2 ** 20  # one chunk's (rows, V) logits buffer, in the compute dtype
@@ -124,10 +125,20 @@ def _fp32_out_gemm_ok(device_type: str, index: int | None, dtype: torch.dtype) -
         return False
 
 
+@functools.lru_cache
+def _warn_fallback(device_type: str, index: int | None, dtype: torch.dtype) -> None:
+    warnings.warn(f"linear_cross_entropy: torch.addmm(..., out_dtype=torch.float32) failed its probe on "
+                  f"{device_type}:{index} for {dtype}; grad_weight accumulates through the slower fallback "
+                  f"(bench/gpu.sh's probe row measures what that costs)", RuntimeWarning, stacklevel=3)
+
+
 def fp32_out_gemm(device: torch.device, dtype: torch.dtype) -> bool:
     if dtype == torch.float32 or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return False  # nothing to gain, or no probe (never while a CUDA graph is being captured)
-    return _fp32_out_gemm_ok(device.type, device.index, dtype)
+    ok = _fp32_out_gemm_ok(device.type, device.index, dtype)
+    if not ok and device.type == "cuda":  # expected on a CPU; on a GPU it costs speed: said once, not silently
+        _warn_fallback(device.type, device.index, dtype)
+    return ok
 
 
 def accumulate_grad_weight(grad_weight: torch.Tensor, logits: torch.Tensor, h: torch.Tensor,

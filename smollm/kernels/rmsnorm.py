@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import as_rows, num_programs
+from smollm.kernels.utils import as_rows, num_programs
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

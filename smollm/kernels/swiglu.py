@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.utils import as_rows, check_dtype
+from smollm.kernels.utils import as_rows, check_dtype
 
 BLOCK = 1024  # columns per program at most; a row of F columns takes cdiv(F, block) programs
 

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import check_dtype
+from smollm.kernels.utils import check_dtype
 
 
 def rope_tables(head_dim: int, max_positions: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
