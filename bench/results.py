@@ -108,8 +108,11 @@ def results_path(out_dir: str, benchmark: str, device: str, ext: str) -> str:
 
 
 def git_commit() -> str:
-    """The checkout's commit (+"-dirty" when tracked files differ), else $SMOLLM_COMMIT (a copy of
-    the tree without .git, as on a lent GPU machine), else "unknown"."""
+    """$SMOLLM_COMMIT when set (a copy of the tree run elsewhere, as on a lent GPU machine, whose .git, if
+    any, is not this checkout's: one such copy reported the session's first commit), else the checkout's
+    commit (+"-dirty" when tracked files differ), else "unknown"."""
+    if os.environ.get("SMOLLM_COMMIT"):
+        return os.environ["SMOLLM_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=10)
@@ -119,7 +122,7 @@ def git_commit() -> str:
             return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("SMOLLM_COMMIT") or "unknown"
+    return "unknown"
 
 
 def versions() -> dict:

@@ -361,3 +361,13 @@ def test_gpu_sh_cpu_smoke_writes_rows_and_its_log(tmp_path):
     log = (tmp_path / "gpu_check.log").read_text()
     assert not (tmp_path / "gpu_check.log.partial").exists() and "bench/gpu.sh: check done" in proc.stdout
     assert "GEMM" in log or "gemm" in log, log[-2000:]
+
+
+def test_rows_name_the_commit_they_were_given(monkeypatch):
+    # A copy of the tree run on a lent machine carries no .git of its own (or a stale one): the README's
+    # device line passes the commit, and that wins over whatever git says there.
+    monkeypatch.setenv("SMOLLM_COMMIT", "abc1234")
+    assert results.git_commit() == "abc1234"
+    monkeypatch.delenv("SMOLLM_COMMIT")
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert results.git_commit().removesuffix("-dirty") == head.stdout.strip()
