@@ -25,6 +25,7 @@ import torch
 
 from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, read_rows, stamp
 from smollm.config import KERNEL_CHOICES, get_preset
+from smollm.kernels import register_inductor_fallbacks
 from smollm.model import SmolLM
 
 # Ops that launch nothing (metadata, views, allocation).
@@ -84,6 +85,7 @@ def count_step(kernels: str, cfg, batch: int, seq: int) -> dict:
     torch.manual_seed(0)
     model = SmolLM(cfg, kernels=kernels)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    register_inductor_fallbacks()  # torch < 2.13: else a deep triton-path model never compiles
     fwd = torch.compile(model)
     x = torch.randint(0, cfg.vocab_size, (batch, seq + 1))
 

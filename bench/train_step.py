@@ -23,6 +23,7 @@ import torch
 from bench.measure import peak_extra_bytes, sync
 from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
+from smollm.kernels import register_inductor_fallbacks
 from smollm.metrics import mfu
 from smollm.model import SmolLM
 
@@ -66,6 +67,8 @@ def step_fn(model, loss_fn, compiled: bool, device, fused: bool | None = None):
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
     fused = device.type == "cuda" if fused is None else fused
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=fused)
+    if compiled:
+        register_inductor_fallbacks()  # torch < 2.13: else the 30-layer triton path never compiles
     fwd = torch.compile(loss_fn) if compiled else loss_fn
 
     def step(x, y):

@@ -99,6 +99,9 @@ class CachedDecoder:
         self.step_fn = model.forward_cached
         self.compiled = compile
         if compile:
+            from smollm.kernels import register_inductor_fallbacks
+
+            register_inductor_fallbacks()  # torch < 2.13: the decode step's ops, without an IR-printing log
             self.step_fn = torch.compile(model.forward_cached, fullgraph=True, dynamic=False)
 
     def prefill(self) -> torch.Tensor:

@@ -32,6 +32,7 @@ from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.errors import error_line
 from smollm.files import atomic_write_text
+from smollm.kernels import register_inductor_fallbacks
 from smollm.metrics import Console, MetricsLog, mfu, peak_memory_mb
 from smollm.model import SmolLM
 from smollm.runs import CHECKPOINTS, CONFIG, TMP_PREFIX, Run, acquire_lock, release_lock
@@ -462,6 +463,7 @@ def wrap(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
 
         ddp = fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.model.compile:
+        register_inductor_fallbacks()  # torch < 2.13: else a deep triton-path model never compiles
         fwd = torch.compile(fwd)
     return fwd, ddp
 

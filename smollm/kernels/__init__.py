@@ -77,6 +77,42 @@ def check_interpreter() -> None:
 
 check_interpreter()
 
+# torch < 2.13 builds the text of an INFO log line even when INFO is off: lowering an op with no inductor
+# lowering, it logs "Creating implicit fallback for: operator_str(target, args)" with the str() of each
+# argument's IR, which prints the whole graph upstream of it as a tree (a DAG unrolled). Our last forward op,
+# the fused cross-entropy, takes the final hidden state: its text is the whole model, ~10x longer per layer
+# (0.7 M characters at 1 layer, 7.6 M at 2, 118 M at 3; the 30-layer compile never ends). PyTorch issue
+# 185937, lazy since 2.13 (PR 185951).
+INDUCTOR_LOGS_LAZILY = (2, 13)
+
+
+def register_inductor_fallbacks() -> int:
+    """Before torch.compile of anything that calls these ops: give inductor each smollm op's fallback
+    lowering up front, exactly as its implicit-fallback path would (the same layout constraint, from the
+    op's tags), without that path's log line. Returns how many ops it registered: none on torch >= 2.13,
+    once registered, or where inductor's (private) helpers are not where they were (the compile is then
+    only slower on a deep model, as before)."""
+    if (_release(torch.__version__) or (0, 0)) >= INDUCTOR_LOGS_LAZILY:
+        return 0
+    try:
+        from torch._inductor.lowering import lowerings, make_fallback, tag_to_layout_constraint
+        from torch._library.utils import get_layout_constraint_tag
+    except ImportError:
+        return 0
+    registered = 0
+    for qualname in sorted(torch._C._dispatch_get_all_op_names()):
+        namespace, _, name = qualname.partition("::")
+        if namespace != "smollm":
+            continue
+        packet = getattr(torch.ops.smollm, name)
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            if op in lowerings:
+                continue
+            make_fallback(op, layout_constraint=tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True)))
+            registered += 1
+    return registered
+
 from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
 
 # The ops live in their modules (smollm.kernels.rope.rope, smollm.kernels.swiglu.swiglu_packed, ...); nothing here
