@@ -17,6 +17,22 @@ from smollm.model import SmolLM
 TIED_KEY = "lm_head.weight"
 WEIGHTS_FILE = "model.safetensors"
 
+# Every load of ours through transformers passes use_kernels=False. Since transformers 5.2x,
+# from_pretrained defaults to use_kernels=True unless USE_HUB_KERNELS says otherwise: it swaps layers for
+# kernels fetched from the Hugging Face Hub (a network access at load time, other numerics than the
+# reference the parity tests compare against) and refuses to load at all when the hub-kernels package is
+# missing. Set here, per call, rather than USE_HUB_KERNELS in the environment, which would change the
+# user's other programs too. The argument exists since transformers 4.54 (pyproject's lower bound).
+TRANSFORMERS_LOAD = {"use_kernels": False}
+
+
+def transformers_model(path: str | os.PathLike, **kwargs):
+    """transformers' own AutoModelForCausalLM from a local directory (or, with gguf_file=, a GGUF in it),
+    never kernelized: the independent reference of the tests and benchmarks, and the export's reload."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(os.fspath(path), **TRANSFORMERS_LOAD, **kwargs)
+
 
 def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.dtype | None = None,
                device: str | torch.device | None = None) -> SmolLM:
