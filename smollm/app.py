@@ -7,7 +7,6 @@ otherwise. A model is loaded once and reused; on a CPU it decodes with smollm.cp
 
 from __future__ import annotations
 
-import argparse
 import glob
 import inspect
 import os
@@ -20,7 +19,7 @@ from collections import OrderedDict
 import gradio as gr
 
 from smollm.checkpoint import list_checkpoints, load
-from smollm.config import KERNEL_CHOICES
+from smollm.cli import app_parser
 from smollm.cpu_decode import cpu_decode
 from smollm.errors import error_line
 from smollm.files import is_hub_id
@@ -262,18 +261,11 @@ def screenshot(url: str, path: str, prompt: str = "import os", timeout: float = 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Try smollm-triton checkpoints in the browser (Gradio).")
-    p.add_argument("--run", action="append", default=None,
-                   help="run directory or glob (repeatable; default: runs/*)")
-    p.add_argument("--model", action="append", default=[],
-                   help="also offer this checkpoint, Hugging Face directory, .gguf, hub id or the URL of a run's "
-                        "remote copy (s3://...; repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
-    p.add_argument("--screenshot", metavar="PNG", default=None,
-                   help="serve, generate once in headless Chromium, save a screenshot there, and exit")
-    args = p.parse_args(argv)
+    return run_args(app_parser().parse_args(argv))
+
+
+def run_args(args) -> int:
+    """app.py with its parsed arguments (smollm.cli.app_parser's)."""
     runs = find_runs(args.run or ["runs/*"])
     app = build_app(runs, args.model, args.kernels)
     if args.screenshot is None:

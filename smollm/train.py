@@ -11,7 +11,6 @@ evaluation and checkpoints as methods of the Trainer.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -27,6 +26,7 @@ import torch.distributed as dist
 
 from tqdm import tqdm
 
+from smollm import cli
 from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable,
                                rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
@@ -803,36 +803,23 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
 
 # ------------------------------------------------------------------------------ CLI --
 
-DEFAULT_CONFIG = os.path.join("configs", "tiny.yaml")
-
-
 def default_config() -> str:
     """configs/tiny.yaml of the working directory, else the one in this checkout."""
-    if os.path.isfile(DEFAULT_CONFIG):
-        return DEFAULT_CONFIG
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT_CONFIG)
+    if os.path.isfile(cli.DEFAULT_CONFIG):
+        return cli.DEFAULT_CONFIG
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cli.DEFAULT_CONFIG)
 
 
-def plot_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py plot", description="Draw a run's loss curve (loss.png).")
-    p.add_argument("run", help="run directory (holds metrics.jsonl)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/loss.png)")
-    args = p.parse_args(argv)
+def plot_command(args) -> int:
+    """train.py plot (args: smollm.cli.plot_parser's)."""
     from smollm.plot import plot_run
 
     print(plot_run(args.run, args.out))
     return 0
 
 
-def export_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
-                                "with a model card written from the run (smollm/export.py).")
-    p.add_argument("run", help="run directory")
-    p.add_argument("out", help="output directory, or a store URL (s3://bucket/prefix: written there, with the run's "
-                               "log.remote_options)")
-    p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    args = p.parse_args(argv)
+def export_command(args) -> int:
+    """train.py export (args: smollm.cli.export_parser's)."""
     from smollm.export import export_run
 
     from smollm.remote import is_url, upload_dir
@@ -901,20 +888,8 @@ def run_dir_of(ckpt: str) -> str | None:
     return os.path.dirname(parent) or "."
 
 
-def train_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch. Other commands: "
-                                "`train.py plot RUN` (redraw a run's loss.png), `train.py export RUN OUT` (a run as a "
-                                "Hugging Face model directory with a model card); each has --help.",
-                                epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200 (the keys: "
-                                       "smollm/train_config.py and configs/*.yaml)")
-    p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue a run: its latest checkpoint (no value), a run directory, a checkpoint, or the "
-                        "URL of its log.remote copy (s3://...: fetched first into log.out_dir); it writes into "
-                        "that run unless log.out_dir=... is given, and optim.*/schedule.* overrides apply to "
-                        "the restored optimizer (put overrides after the path)")
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    args = p.parse_args(argv)
+def train_command(args) -> int:
+    """train.py itself (args: smollm.cli.train_parser's)."""
     import yaml
 
     from smollm.remote import is_url
@@ -966,12 +941,16 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
+COMMANDS = {"train": train_command, "plot": plot_command, "export": export_command}
+
+
+def run_command(command: str, args) -> int:
+    """A train.py command (smollm.cli.train_args: "train", "plot" or "export") with its parsed arguments."""
+    return COMMANDS[command](args)
+
+
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"plot": plot_command, "export": export_command}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return train_command(argv)
+    return run_command(*cli.train_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":
