@@ -32,7 +32,7 @@ from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.errors import error_line
 from smollm.files import atomic_write_text
-from smollm.metrics import Console, MetricsLog, mfu, peak_memory_mb
+from smollm.metrics import Console, Eta, MetricsLog, format_duration, mfu, peak_memory_mb
 from smollm.model import SmolLM
 from smollm.runs import CHECKPOINTS, CONFIG, TMP_PREFIX, Run, acquire_lock, release_lock
 from smollm.samples import add_samples, continuations, truncate_samples_after
@@ -533,6 +533,7 @@ class Trainer:
     stopper: StopSignal
     bar: tqdm
     console: Console
+    eta: Eta  # the time left to train.max_steps, in every log line (with or without the bar)
     uploader: object | None = None  # smollm.remote.Uploader of log.remote (rank 0)
     step: int = 0  # optimizer steps done
     tokens: int = 0
@@ -562,6 +563,7 @@ class Trainer:
         self.sched.step()
         self.step += 1
         self.tokens += self.tokens_per_step
+        self.eta.stepped(self.step)
         self.bar.update(1)
         return loss, gnorm, lr
 
@@ -577,22 +579,29 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return reason or ("signal on another rank" if flag.item() else None)
 
+    def at_step(self) -> str:
+        """'step  120/300': how far the run is, at the head of each of its console lines (the
+        progress bar is only on a terminal; a log file or a pipe has these lines alone)."""
+        total = self.cfg.train.max_steps
+        return f"step {self.step:>{len(str(total))}}/{total}"
+
     def log_line(self, meter: Meter, lr: float, gnorm: torch.Tensor) -> None:
         """The metrics of the steps since the last line (then meter starts over)."""
         tps = meter.steps * self.tokens_per_step / meter.busy
         u = mfu(tps, self.model.config, self.cfg.data.seq_len, self.device)
+        eta = self.eta.seconds_left(self.step)
         # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
         record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "lr": lr,
                   "grad_norm": gnorm.item(), "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(self.device),
-                  "seconds_per_step": meter.busy / meter.steps}
+                  "seconds_per_step": meter.busy / meter.steps, "eta_s": eta}
         meter.reset()
         if not self.d.main:
             return
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
-        self.console.say(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
-                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
-                         + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
+        self.console.say(f"{self.at_step()} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
+                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s | eta {format_duration(eta)}"
+                         + (f" | MFU {u:.1%}" if u is not None else "") + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
 
     def evaluate(self) -> None:
         """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
@@ -602,7 +611,7 @@ class Trainer:
         self.model.train()
         self.last_val = (self.step, v)
         self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
-        self.console.say(f"step {self.step:>6} | val loss {v:.4f}")
+        self.console.say(f"{self.at_step()} | val loss {v:.4f}")
 
     def state(self) -> TrainerState:
         """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
@@ -745,7 +754,7 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
                    loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
                    guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
-                   uploader=uploader, step=step,
+                   eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
                    last_val=state.last_val_loss if state else None)
 
