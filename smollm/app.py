@@ -22,9 +22,8 @@ from smollm.checkpoint import list_checkpoints, load
 from smollm.cli import app_parser
 from smollm.cpu_decode import cpu_decode
 from smollm.errors import error_line
-from smollm.files import is_hub_id
+from smollm.files import SourceNotFound
 from smollm.generate import Sampling, generate, text_so_far
-from smollm.remote import is_url
 from smollm.runs import is_run_dir
 from smollm.samples import compare_checkpoints, sample_settings
 from smollm.tokenizer import smollm2_gguf_path
@@ -95,10 +94,9 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
 
 
 def _check_source(source: str) -> str:
+    """A model was chosen (whether it exists, load says: smollm.files.SourceNotFound)."""
     if not source:
         raise user_error("Choose a model.")
-    if not os.path.exists(source) and not is_hub_id(source) and not is_url(source):
-        raise user_error(f"Model or checkpoint {source} does not exist.")
     return source
 
 
@@ -110,6 +108,8 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     try:
         model, tok, lock = models.get(_check_source(source))
+    except SourceNotFound as e:
+        raise user_error(e.describe(e.label.capitalize())) from None
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
         raise user_error(f"Could not load {source}: {error_line(e)}") from None
     ids = tok(prompt)["input_ids"]

@@ -18,6 +18,7 @@ import torch
 
 from smollm.cli import generate_parser
 from smollm.errors import error_line
+from smollm.files import SourceNotFound
 from smollm.tokenizer import smollm2_gguf_path
 
 
@@ -200,6 +201,14 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+FLAGS = {"model": "--model", "tokenizer": "--tokenizer"}  # the flag of each kind of source (SourceNotFound.label)
+
+
+def _fail_load(e: BaseException) -> NoReturn:
+    """A model or tokenizer that could not be loaded; one that does not exist is named by its flag."""
+    _fail(e.describe(FLAGS.get(e.label, e.label)) if isinstance(e, SourceNotFound) else error_line(e))
+
+
 def _compare(args, prompt: str, sampling: Sampling) -> int:
     """--checkpoints: each checkpoint's continuation printed as it comes, then the Markdown table."""
     from smollm.checkpoint import list_checkpoints
@@ -229,7 +238,7 @@ def _compare(args, prompt: str, sampling: Sampling) -> int:
         md = compare_checkpoints(ckpts, prompt, args.max_new_tokens, sampling, args.tokenizer, args.kernels,
                                  on_sample=show, on_note=lambda note: print(note, flush=True))
     except (FileNotFoundError, ValueError) as e:
-        _fail(error_line(e))
+        _fail_load(e)
     if args.out:
         try:
             atomic_write_text(args.out, md)
@@ -270,7 +279,7 @@ def _continue(args, prompts: list[str], sampling: Sampling) -> int:
     try:
         model, tok = load(source, kernels=args.kernels, tokenizer=args.tokenizer)
     except (OSError, ValueError, KeyError) as e:
-        _fail(error_line(e))
+        _fail_load(e)
     print(f"model: {source}\nparameters: {model.num_params():,}  (loaded in {time.perf_counter() - t0:.1f}s)")
     ids = [tok(x)["input_ids"] for x in prompts]
     note = context_cap_note(model, ids, args.max_new_tokens)

@@ -31,7 +31,7 @@ from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint
                                rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.errors import error_line
-from smollm.files import atomic_write_text
+from smollm.files import SourceNotFound, atomic_write_text
 from smollm.metrics import Console, Eta, MetricsLog, format_duration, mfu, peak_memory_mb
 from smollm.model import SmolLM
 from smollm.runs import CHECKPOINTS, CONFIG, TMP_PREFIX, Run, acquire_lock, release_lock
@@ -934,6 +934,9 @@ def train_command(args) -> int:
         summary = train(cfg, resume=ckpt if args.resume not in (None, "latest") else args.resume)
     except NonFiniteLoss as e:
         return fail(e, 1)
+    except SourceNotFound as e:  # the one model or tokenizer source a run names: said as its key
+        print(f"error: {e.describe('data.tokenizer')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         last = latest_checkpoint(cfg.log.out_dir) if cfg is not None else None
         print(f"aborted by Ctrl-C: no checkpoint of the step in progress; the latest is {last or 'none'}",
