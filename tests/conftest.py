@@ -9,6 +9,16 @@ from smollm.tokenizer import smollm2_gguf_path
 # them there: the interpreter cannot catch compiler bugs), else in the interpreter on the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
+def pytest_sessionstart(session):
+    """An interpreter run on a Triton/numpy pair that cannot work stops here with smollm.kernels' one line
+    (its guard), before collection: pytest reports a SystemExit raised while it imports a test module as an
+    INTERNALERROR with a traceback."""
+    try:
+        import smollm.kernels  # noqa: F401
+    except SystemExit as e:
+        pytest.exit(str(e.code), returncode=2)
+
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
