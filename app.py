@@ -3,7 +3,10 @@ See smollm/app.py."""
 
 import sys
 
-from smollm.app import main
+from smollm.cli import app_parser
 
 if __name__ == "__main__":
-    sys.exit(main())
+    args = app_parser().parse_args()  # --help and argument errors answer here, before gradio is imported
+    from smollm.app import run_args
+
+    sys.exit(run_args(args))

@@ -2,7 +2,10 @@
 
 import sys
 
-from smollm.generate import main
+from smollm.cli import generate_parser
 
 if __name__ == "__main__":
-    sys.exit(main())
+    args = generate_parser().parse_args()  # --help and argument errors answer here, before torch is imported
+    from smollm.generate import run_args
+
+    sys.exit(run_args(args))

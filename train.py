@@ -4,7 +4,10 @@ See smollm/train.py."""
 
 import sys
 
-from smollm.train import main
+from smollm.cli import train_args
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parsed = train_args(sys.argv[1:])  # --help and argument errors answer here, before torch is imported
+    from smollm.train import run_command
+
+    sys.exit(run_command(*parsed))

@@ -127,18 +127,15 @@ class _Models:
 def _load(dtype_name: str, n_new: int) -> _Models:
     """The real SmolLM2-135M weights (the GGUF) as ours and as transformers' model, on the GPU if
     there is one, and the prompt tokenized by the GGUF's own tokenizer."""
-    from transformers import AutoModelForCausalLM
-
     from smollm.tokenizer import smollm2_gguf_path, tokenizer_from_gguf
-    from smollm.weights import load_model
+    from smollm.weights import load_model, transformers_model
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gguf = smollm2_gguf_path()
     tok = tokenizer_from_gguf(gguf)
     ours = load_model(gguf).to(device=device, dtype=dtype).eval()
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                              dtype=dtype).to(device).eval()
+    hf = transformers_model(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=dtype).to(device).eval()
     return _Models(ours, hf, tok(PROMPT)["input_ids"], device, dtype, n_new)
 
 

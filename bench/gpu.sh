@@ -2,10 +2,11 @@
 # The GPU check, in one command, offline, with only this repository and the machine's own Python (torch +
 # triton; transformers, liger-kernel and pytest are used when installed, and their rows say so when not).
 #
-#   bench/gpu.sh              python -m bench.gpu_check under a 450 s budget:
-#                             (a) bf16 GEMM and copy ceilings, (b) one training step, compiled: ours triton
-#                             path, ours torch path, transformers, (c) a profile of one triton-path step,
-#                             (d) each op fwd+bwd at 16,384 tokens, (e) the kernel parity tests on the GPU.
+#   bench/gpu.sh              python -m bench.gpu_check under a 450 s budget, correctness first:
+#                             (e) the fp32-output GEMM probe and the kernel parity tests on the GPU, (b) one
+#                             training step, compiled: ours triton path, ours torch path, transformers (each
+#                             row stopped at 240 s, --row-cap-s), (c) a profile of one triton-path step,
+#                             (a) bf16 GEMM and copy ceilings, (d) each op fwd+bwd at 16,384 tokens.
 #                             Rows go to ${OUT:-bench/results}/gpu_check_<gpu>.jsonl (one bench.results.Row per
 #                             line, written as it is measured; <gpu> as bench.results.device_slug names it:
 #                             a10g, h100, ...) and .md (re-rendered after every row), the console to
@@ -16,11 +17,11 @@
 #                             bench.parity, into the same folder.
 #   bench/gpu.sh --cpu-smoke  no GPU needed: the same check on the CPU at tiny sizes (Triton runs in its
 #                             interpreter, the timings mean nothing; rows in gpu_check_cpu.*).
-#   Any other argument goes to bench.gpu_check (--budget-s 300, --sections a b, --steps 20, ...).
+#   Any other argument goes to bench.gpu_check (--budget-s 300, --sections e b (in that order), --steps 20, ...).
 #
 # Without a GPU (and without --cpu-smoke) it refuses at once with exit 2, leaving no file. PYTHON=... picks
-# the interpreter (default .venv/bin/python, else python3). Where the copy has no .git, SMOLLM_COMMIT=<sha>
-# stamps the rows.
+# the interpreter (default .venv/bin/python, else python3). SMOLLM_COMMIT=<sha> stamps the rows (a copy of
+# the tree on a lent machine has no git of this checkout; set, it wins over git).
 # Give the command a timeout of at least 480 s: a row still running at 470 s (budget + 20) is written as
 # skipped and the check exits by itself.
 # Exit status: gpu_check's: 0 every row ran or was skipped for a stated reason, 1 a row failed (or, with

@@ -43,6 +43,7 @@ import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -183,10 +184,45 @@ def console(row: dict) -> str:
                      for k in keys if row.get(k) is not None) or "ok"
 
 
+class RowCap(BaseException):
+    """Raised in the main thread when a row runs past its cap. A BaseException, so that no `except Exception`
+    on the way (torch.compile's own error handling) takes it for a failure to recover from."""
+
+
+@contextlib.contextmanager
+def capped(seconds: float | None):
+    """Interrupt the block with RowCap after `seconds` (SIGALRM: the main thread of a Unix process; the
+    signal lands between two Python bytecodes, so a compile stuck in Python code is stopped, one stuck in
+    native code only when it returns to Python). An alarm already set (pytest-timeout's) keeps its
+    deadline and its handler: it fires first if it is due first, and is re-armed afterwards."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGALRM)
+    prev_delay, prev_interval = signal.getitimer(signal.ITIMER_REAL)
+    prev_due = time.monotonic() + prev_delay if prev_delay else None
+
+    def stop(signum, frame):
+        if prev_due is not None and time.monotonic() >= prev_due - 1e-3 and callable(before):
+            return before(signum, frame)
+        raise RowCap(f"stopped at its cap of {seconds:.0f} s")
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, prev_delay) if prev_delay else seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+        if prev_due is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(prev_due - time.monotonic(), 1e-3), prev_interval)
+
+
 def run_row(rec: Recorder, section: str, name: str, estimate_s: float, fn, labels: dict | None = None,
-            device: torch.device | None = None) -> dict:
+            device: torch.device | None = None, cap_s: float | None = None) -> dict:
     """fn() -> measured fields (a "skipped" key: skipped for that reason; an "error" key: an error row), unless
-    the estimate does not fit in the time left; an exception becomes an error row. With `device`, memory is
+    the estimate does not fit in the time left; an exception becomes an error row, and so does a row stopped at
+    its cap (cap_s: a compile that hangs costs that row, not every row after it). With `device`, memory is
     freed after the row."""
     labels = dict(labels or {})
     left = rec.budget.left()
@@ -197,12 +233,13 @@ def run_row(rec: Recorder, section: str, name: str, estimate_s: float, fn, label
     t0 = time.monotonic()
     rec.running = (section, name, labels, t0)
     try:
-        fields = fn()
+        with capped(cap_s):
+            fields = fn()
         status = "error" if fields.get("error") else "ok"
         if fields.get("skipped"):
             reason = fields.pop("skipped")
             status, fields = "skipped", {**fields, "reason": reason}
-    except Exception as exc:  # noqa: BLE001 - any failure is a row, and the check goes on
+    except (Exception, RowCap) as exc:  # noqa: BLE001 - any failure is a row, and the check goes on
         fields, status = error_fields(exc), "error"
     finally:
         if device is not None:  # after a row that ran (gc.collect is slow with compiled graphs around)
@@ -343,7 +380,8 @@ def section_b(ctx: Ctx) -> None:
     for name, builder, kernels in TRAIN_ROWS:
         est = ESTIMATE_S["train"] if ctx.last_train_s is None else ctx.last_train_s * (1.3 if builder == "hf" else 1.0)
         with tf32():
-            row = run_row(ctx.rec, "b", name, est, lambda: train_row(ctx, name, builder, kernels), labels, ctx.device)
+            row = run_row(ctx.rec, "b", name, est, lambda: train_row(ctx, name, builder, kernels), labels, ctx.device,
+                          cap_s=a.row_cap_s)
         if row["status"] == "ok":
             ctx.last_train_s = row["seconds"]
 
@@ -836,6 +874,8 @@ def parse_args(argv, gpu: bool) -> argparse.Namespace:
     p.add_argument("--sections", nargs="+", default=DEFAULT_ORDER, choices=list(SECTIONS),
                    help=f"which sections, run in the order given (default {' '.join(DEFAULT_ORDER)})")
     p.add_argument("--require-gpu", action="store_true", help="exit 2 at once when torch sees no GPU")
+    p.add_argument("--row-cap-s", type=float, default=240.0,
+                   help="(b): stop a training row (its compile included) after this long and go on to the next")
     p.add_argument("--gemm-n", type=int, default=d["gemm_n"])
     p.add_argument("--copy-mib", type=int, default=d["copy_mib"])
     p.add_argument("--preset", default=d["preset"])

@@ -7,7 +7,6 @@ otherwise. A model is loaded once and reused; on a CPU it decodes with smollm.cp
 
 from __future__ import annotations
 
-import argparse
 import glob
 import inspect
 import os
@@ -20,12 +19,11 @@ from collections import OrderedDict
 import gradio as gr
 
 from smollm.checkpoint import list_checkpoints, load
-from smollm.config import KERNEL_CHOICES
+from smollm.cli import app_parser
 from smollm.cpu_decode import cpu_decode
 from smollm.errors import error_line
-from smollm.files import is_hub_id
+from smollm.files import SourceNotFound
 from smollm.generate import Sampling, generate, text_so_far
-from smollm.remote import is_url
 from smollm.runs import is_run_dir
 from smollm.samples import compare_checkpoints, sample_settings
 from smollm.tokenizer import smollm2_gguf_path
@@ -96,10 +94,9 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed) -> Sampling:
 
 
 def _check_source(source: str) -> str:
+    """A model was chosen (whether it exists, load says: smollm.files.SourceNotFound)."""
     if not source:
         raise user_error("Choose a model.")
-    if not os.path.exists(source) and not is_hub_id(source) and not is_url(source):
-        raise user_error(f"Model or checkpoint {source} does not exist.")
     return source
 
 
@@ -111,6 +108,8 @@ def stream_text(models: Models, source: str, prompt: str, max_new_tokens, temper
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     try:
         model, tok, lock = models.get(_check_source(source))
+    except SourceNotFound as e:
+        raise user_error(e.describe(e.label.capitalize())) from None
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
         raise user_error(f"Could not load {source}: {error_line(e)}") from None
     ids = tok(prompt)["input_ids"]
@@ -262,18 +261,11 @@ def screenshot(url: str, path: str, prompt: str = "import os", timeout: float = 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Try smollm-triton checkpoints in the browser (Gradio).")
-    p.add_argument("--run", action="append", default=None,
-                   help="run directory or glob (repeatable; default: runs/*)")
-    p.add_argument("--model", action="append", default=[],
-                   help="also offer this checkpoint, Hugging Face directory, .gguf, hub id or the URL of a run's "
-                        "remote copy (s3://...; repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES)
-    p.add_argument("--screenshot", metavar="PNG", default=None,
-                   help="serve, generate once in headless Chromium, save a screenshot there, and exit")
-    args = p.parse_args(argv)
+    return run_args(app_parser().parse_args(argv))
+
+
+def run_args(args) -> int:
+    """app.py with its parsed arguments (smollm.cli.app_parser's)."""
     runs = find_runs(args.run or ["runs/*"])
     app = build_app(runs, args.model, args.kernels)
     if args.screenshot is None:

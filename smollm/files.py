@@ -3,7 +3,8 @@
 or directory is built under a temporary name beside its destination, fsynced, then renamed over
 it, so a reader (or a crash) sees the old one or the whole new one, never a mix.
 
-Also the one test of whether a string names a Hugging Face hub repository rather than a path."""
+Also the one test of whether a string names a Hugging Face hub repository rather than a path, and
+what a model or tokenizer source that names neither says (SourceNotFound)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,55 @@ import re
 import shutil
 import tempfile
 
+from smollm.errors import first_line
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LOCAL_SUFFIXES = (".gguf", ".safetensors", ".json")  # files of weights or tokenizers, never a hub repository
+RUNS = "runs"  # where runs go by default (log.out_dir: runs/<name>), so runs/x is a path
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a local path: it starts with / ./ ../ or ~, ends in .gguf,
+    .safetensors or .json, or its first component is runs or a directory that exists here (models/x
+    where models/ does: a typo below it is not a hub id)."""
+    name = os.fspath(name).replace(os.sep, "/")
+    if name.startswith(("/", "~", "./", "../")) or name in (".", "..") or name.endswith(LOCAL_SUFFIXES):
+        return True
+    first, sep, _ = name.partition("/")
+    return bool(sep) and (first == RUNS or os.path.isdir(first))
 
 
 def is_hub_id(name: str) -> bool:
-    """"owner/repo" that is not a local path: no leading . / ~, no .gguf/.json ending, not on disk."""
+    """"owner/repo" that is not a local path (looks_like_path) and not on disk."""
     name = os.fspath(name)
-    return (bool(_HUB_ID.match(name)) and not name.endswith((".gguf", ".json"))
-            and not os.path.exists(name))
+    return bool(_HUB_ID.match(name)) and not looks_like_path(name) and not os.path.exists(name)
+
+
+class SourceNotFound(FileNotFoundError):
+    """A model or tokenizer source that names nothing on disk, nor, where it could be a hub id, on the
+    Hub: one line that says first that no such path exists here, naming it, then what the Hub said
+    (a mistyped runs/tiny is a typo, not a network problem). `label` names what it was given as
+    (model, tokenizer; a command line puts its flag there: describe("--model"))."""
+
+    def __init__(self, source: str, hub_said: str | None = None, label: str = "model"):
+        super().__init__(errno.ENOENT, os.strerror(errno.ENOENT), source)
+        self.source, self.hub_said, self.label = source, hub_said, label
+
+    def describe(self, label: str) -> str:
+        head = f"{label} {self.source}: no such file or directory"
+        if self.hub_said is not None:
+            return f"{head} here; as a Hub id it failed: {self.hub_said}"
+        if looks_like_path(self.source):
+            return head
+        return f"{head} here, and not a Hub id (those read owner/name, e.g. HuggingFaceTB/SmolLM2-135M)"
+
+    def __str__(self) -> str:
+        return self.describe(self.label)
+
+
+def hub_failure(e: BaseException) -> str:
+    """What the Hub said, in one line: the exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 # What a write that fails for a reason of the disk says: one sentence, the destination and the cause.

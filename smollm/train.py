@@ -11,7 +11,6 @@ evaluation and checkpoints as methods of the Trainer.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -27,13 +26,14 @@ import torch.distributed as dist
 
 from tqdm import tqdm
 
+from smollm import cli
 from smollm.checkpoint import (TrainerState, list_checkpoints, latest_checkpoint, load_checkpoint, resolve_resumable,
                                rng_states, save_checkpoint, set_rng_states)
 from smollm.data import BatchLoader, ShardError, TokenWindows, read_meta
 from smollm.errors import error_line
-from smollm.files import atomic_write_text
+from smollm.files import SourceNotFound, atomic_write_text
 from smollm.kernels import register_inductor_fallbacks
-from smollm.metrics import Console, MetricsLog, mfu, peak_memory_mb
+from smollm.metrics import Console, Eta, MetricsLog, format_duration, mfu, peak_memory_mb
 from smollm.model import SmolLM
 from smollm.runs import CHECKPOINTS, CONFIG, TMP_PREFIX, Run, acquire_lock, release_lock
 from smollm.samples import add_samples, continuations, truncate_samples_after
@@ -535,6 +535,7 @@ class Trainer:
     stopper: StopSignal
     bar: tqdm
     console: Console
+    eta: Eta  # the time left to train.max_steps, in every log line (with or without the bar)
     uploader: object | None = None  # smollm.remote.Uploader of log.remote (rank 0)
     step: int = 0  # optimizer steps done
     tokens: int = 0
@@ -564,6 +565,7 @@ class Trainer:
         self.sched.step()
         self.step += 1
         self.tokens += self.tokens_per_step
+        self.eta.stepped(self.step)
         self.bar.update(1)
         return loss, gnorm, lr
 
@@ -579,22 +581,29 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return reason or ("signal on another rank" if flag.item() else None)
 
+    def at_step(self) -> str:
+        """'step  120/300': how far the run is, at the head of each of its console lines (the
+        progress bar is only on a terminal; a log file or a pipe has these lines alone)."""
+        total = self.cfg.train.max_steps
+        return f"step {self.step:>{len(str(total))}}/{total}"
+
     def log_line(self, meter: Meter, lr: float, gnorm: torch.Tensor) -> None:
         """The metrics of the steps since the last line (then meter starts over)."""
         tps = meter.steps * self.tokens_per_step / meter.busy
         u = mfu(tps, self.model.config, self.cfg.data.seq_len, self.device)
+        eta = self.eta.seconds_left(self.step)
         # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
         record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "lr": lr,
                   "grad_norm": gnorm.item(), "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(self.device),
-                  "seconds_per_step": meter.busy / meter.steps}
+                  "seconds_per_step": meter.busy / meter.steps, "eta_s": eta}
         meter.reset()
         if not self.d.main:
             return
         self.log.write(record)
         self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
-        self.console.say(f"step {self.step:>6} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
-                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s" + (f" | MFU {u:.1%}" if u is not None else "")
-                         + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
+        self.console.say(f"{self.at_step()} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
+                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s | eta {format_duration(eta)}"
+                         + (f" | MFU {u:.1%}" if u is not None else "") + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
 
     def evaluate(self) -> None:
         """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
@@ -604,7 +613,7 @@ class Trainer:
         self.model.train()
         self.last_val = (self.step, v)
         self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
-        self.console.say(f"step {self.step:>6} | val loss {v:.4f}")
+        self.console.say(f"{self.at_step()} | val loss {v:.4f}")
 
     def state(self) -> TrainerState:
         """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
@@ -747,7 +756,7 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
                    loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
                    guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
-                   uploader=uploader, step=step,
+                   eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
                    last_val=state.last_val_loss if state else None)
 
@@ -805,36 +814,23 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
 
 # ------------------------------------------------------------------------------ CLI --
 
-DEFAULT_CONFIG = os.path.join("configs", "tiny.yaml")
-
-
 def default_config() -> str:
     """configs/tiny.yaml of the working directory, else the one in this checkout."""
-    if os.path.isfile(DEFAULT_CONFIG):
-        return DEFAULT_CONFIG
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT_CONFIG)
+    if os.path.isfile(cli.DEFAULT_CONFIG):
+        return cli.DEFAULT_CONFIG
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cli.DEFAULT_CONFIG)
 
 
-def plot_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py plot", description="Draw a run's loss curve (loss.png).")
-    p.add_argument("run", help="run directory (holds metrics.jsonl)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/loss.png)")
-    args = p.parse_args(argv)
+def plot_command(args) -> int:
+    """train.py plot (args: smollm.cli.plot_parser's)."""
     from smollm.plot import plot_run
 
     print(plot_run(args.run, args.out))
     return 0
 
 
-def export_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py export", description="A run as a Hugging Face model directory "
-                                "with a model card written from the run (smollm/export.py).")
-    p.add_argument("run", help="run directory")
-    p.add_argument("out", help="output directory, or a store URL (s3://bucket/prefix: written there, with the run's "
-                               "log.remote_options)")
-    p.add_argument("--checkpoint", default=None, help="a checkpoint of the run (default: its latest)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    args = p.parse_args(argv)
+def export_command(args) -> int:
+    """train.py export (args: smollm.cli.export_parser's)."""
     from smollm.export import export_run
 
     from smollm.remote import is_url, upload_dir
@@ -903,20 +899,8 @@ def run_dir_of(ckpt: str) -> str | None:
     return os.path.dirname(parent) or "."
 
 
-def train_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="train.py", description="Pretrain SmolLM2 from scratch. Other commands: "
-                                "`train.py plot RUN` (redraw a run's loss.png), `train.py export RUN OUT` (a run as a "
-                                "Hugging Face model directory with a model card); each has --help.",
-                                epilog="overrides: section.key=value, e.g. optim.lr=1e-3 train.max_steps=200 (the keys: "
-                                       "smollm/train_config.py and configs/*.yaml)")
-    p.add_argument("--config", default=None, help=f"YAML preset (default: {DEFAULT_CONFIG}, the offline CPU demo)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue a run: its latest checkpoint (no value), a run directory, a checkpoint, or the "
-                        "URL of its log.remote copy (s3://...: fetched first into log.out_dir); it writes into "
-                        "that run unless log.out_dir=... is given, and optim.*/schedule.* overrides apply to "
-                        "the restored optimizer (put overrides after the path)")
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    args = p.parse_args(argv)
+def train_command(args) -> int:
+    """train.py itself (args: smollm.cli.train_parser's)."""
     import yaml
 
     from smollm.remote import is_url
@@ -952,6 +936,9 @@ def train_command(argv: list[str]) -> int:
         summary = train(cfg, resume=ckpt if args.resume not in (None, "latest") else args.resume)
     except NonFiniteLoss as e:
         return fail(e, 1)
+    except SourceNotFound as e:  # the one model or tokenizer source a run names: said as its key
+        print(f"error: {e.describe('data.tokenizer')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         last = latest_checkpoint(cfg.log.out_dir) if cfg is not None else None
         print(f"aborted by Ctrl-C: no checkpoint of the step in progress; the latest is {last or 'none'}",
@@ -968,12 +955,16 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
+COMMANDS = {"train": train_command, "plot": plot_command, "export": export_command}
+
+
+def run_command(command: str, args) -> int:
+    """A train.py command (smollm.cli.train_args: "train", "plot" or "export") with its parsed arguments."""
+    return COMMANDS[command](args)
+
+
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"plot": plot_command, "export": export_command}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return train_command(argv)
+    return run_command(*cli.train_args(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,27 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from smollm.config import ModelConfig
-from smollm.files import atomic_dir, is_hub_id
+from smollm.files import SourceNotFound, atomic_dir, hub_failure, is_hub_id
 from smollm.model import SmolLM
 
 TIED_KEY = "lm_head.weight"
 WEIGHTS_FILE = "model.safetensors"
+
+# Every load of ours through transformers passes use_kernels=False. Since transformers 5.2x,
+# from_pretrained defaults to use_kernels=True unless USE_HUB_KERNELS says otherwise: it swaps layers for
+# kernels fetched from the Hugging Face Hub (a network access at load time, other numerics than the
+# reference the parity tests compare against) and refuses to load at all when the hub-kernels package is
+# missing. Set here, per call, rather than USE_HUB_KERNELS in the environment, which would change the
+# user's other programs too. The argument exists since transformers 4.54 (pyproject's lower bound).
+TRANSFORMERS_LOAD = {"use_kernels": False}
+
+
+def transformers_model(path: str | os.PathLike, **kwargs):
+    """transformers' own AutoModelForCausalLM from a local directory (or, with gguf_file=, a GGUF in it),
+    never kernelized: the independent reference of the tests and benchmarks, and the export's reload."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(os.fspath(path), **TRANSFORMERS_LOAD, **kwargs)
 
 
 def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.dtype | None = None,
@@ -30,23 +46,27 @@ def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.d
             raise ValueError(f"{source}: expected a Hugging Face model directory or a .gguf file")
         model = load_gguf(source, kernels)
     elif is_hub_id(source):
-        model = load_hf_dir(download_from_hub(source), kernels)
+        try:
+            snapshot = download_from_hub(source)
+        except OSError as e:  # said after the local path it is not: a mistyped path reads as one
+            raise SourceNotFound(source, hub_said=str(e)) from e
+        model = load_hf_dir(snapshot, kernels)
     else:
-        raise FileNotFoundError(f"model source {source!r} does not exist (expected a directory, a .gguf "
-                                f"file, or a hub id like 'HuggingFaceTB/SmolLM2-135M')")
+        raise SourceNotFound(source)
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
     return model.eval()
 
 
 def download_from_hub(repo_id: str) -> str:
+    """The local directory of a hub repository's weights and config (from the Hub, else its cache); an
+    OSError with what the Hub said in one line (hub_failure) when offline, unknown or gated."""
     from huggingface_hub import snapshot_download
 
     try:
         return snapshot_download(repo_id, allow_patterns=["config.json", "*.safetensors", "*.safetensors.index.json"])
-    except Exception as e:  # offline, unknown repo, gated repo: one message that says what to do
-        raise OSError(f"could not get {repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0]}); pass a local model directory or a .gguf file instead") from e
+    except Exception as e:
+        raise OSError(hub_failure(e)) from e
 
 
 def read_safetensors(directory: str) -> dict[str, torch.Tensor]:

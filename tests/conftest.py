@@ -46,10 +46,10 @@ def tokenizer(gguf_path):
 @pytest.fixture(scope="session")
 def hf_golden(gguf_path):
     """transformers' own LlamaForCausalLM on the real SmolLM2-135M-Instruct weights (fp32)."""
-    from transformers import AutoModelForCausalLM
+    from smollm.weights import transformers_model
 
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-                                                dtype=torch.float32).eval()
+    return transformers_model(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
+                              dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,8 @@ def test_bad_input_is_a_message_not_a_stack_trace(served, run):
     client = Client(served, verbose=False)
     ckpt = os.path.join(run, "checkpoints", "step_000006")
     for args, message in [((ckpt, "   ", 8, 0, 0, 1, 1, 0), "Enter a prompt"),
-                          ((os.path.join(run, "checkpoints", "step_999999"), "x", 8, 0, 0, 1, 1, 0), "does not exist"),
+                          ((os.path.join(run, "checkpoints", "step_999999"), "x", 8, 0, 0, 1, 1, 0),
+                           "step_999999: no such file or directory"),
                           ((ckpt, "x", 8, 0.5, -3, 1, 1, 0), "top_k must be at least 1")]:
         with pytest.raises(AppError, match=message):
             client.predict(*args, api_name="/generate")

@@ -371,3 +371,33 @@ def test_rows_name_the_commit_they_were_given(monkeypatch):
     monkeypatch.delenv("SMOLLM_COMMIT")
     head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     assert results.git_commit().removesuffix("-dirty") == head.stdout.strip()
+
+
+def test_a_training_row_past_its_cap_costs_that_row_only(tmp_path):
+    # Each training row would run 10^5 interpreted steps (a stand-in for the compile that hung on the H200);
+    # the cap stops each after 3 s as an error row, and the next row still starts.
+    code = gpu_check.main(["--out", str(tmp_path), *TINY, "--steps", "100000", "--sections", "b", "a",
+                           "--row-cap-s", "3", "--budget-s", "3000"])
+    assert code == 1
+    rows, md = read_rows(tmp_path)
+    train = [r for r in rows if r["section"] == "b"]
+    assert [r["name"] for r in train] == [name for name, _, _ in gpu_check.TRAIN_ROWS]
+    assert all(r["status"] == "error" and r["reason"] == "RowCap: stopped at its cap of 3 s" for r in train), train
+    assert all(3 <= r["seconds"] < 60 for r in train)
+    assert [r["status"] for r in rows if r["section"] == "a"] == ["ok", "ok"]  # the rows after them ran
+
+
+def test_the_cap_leaves_an_earlier_alarm_as_it_was():
+    # pytest-timeout (this suite's per-test timeout) arms SIGALRM too: its handler and deadline survive.
+    import signal
+
+    handler, (delay, _) = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
+    with gpu_check.capped(5):
+        pass
+    with pytest.raises(gpu_check.RowCap):
+        with gpu_check.capped(0.2):
+            while True:
+                pass
+    assert signal.getsignal(signal.SIGALRM) is handler
+    left, _ = signal.getitimer(signal.ITIMER_REAL)
+    assert (left == 0) if delay == 0 else (0 < left <= delay)

@@ -1,11 +1,13 @@
 """Faults of generation, made on purpose: more new tokens than the context holds, a prompt that fills
 it, a tokenizer bigger than the model's vocabulary, an --out that cannot be written, a corrupt
-checkpoint in the app. Each is one line naming the
+checkpoint in the app, a model path that does not exist. Each is one line naming the
 value or file, and nothing finished is lost."""
 
 import dataclasses
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from smollm.model import SmolLM
 from smollm.weights import export_hf
 
 PROMPT = "def fibonacci(n):"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _export(path, tokenizer, **changes):
@@ -206,3 +209,40 @@ def test_app_prompt_filling_the_context_is_a_message(small_ctx, n_prompt):
     with pytest.raises(gr.Error) as e:
         list(stream_text(Models(), small_ctx, PROMPT + PROMPT, 3, 0, 0, 1, 1, 0))
     assert "longer than the model's context" in one_line(e.value.message) and e.value.print_exception is False
+
+
+# ------------------------------------------------------------------ 5. a model that does not exist --
+
+def _generate(cwd, *argv) -> subprocess.CompletedProcess:
+    """generate.py as a user runs it, in cwd; the Hub asked offline (HF_HUB_OFFLINE: the same answer
+    with or without a network, at once)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+
+@pytest.mark.parametrize("model", ["runs/nope", "models/nope"])
+def test_a_mistyped_model_path_is_said_to_be_missing(tmp_path, model):
+    """A name that can only be a local path (runs/..., or below a directory that exists here) is said
+    to be missing, naming it, and nothing about the Hub (it was never asked)."""
+    (tmp_path / "models").mkdir()
+    r = _generate(tmp_path, "--model", model, "--prompt", PROMPT)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    assert one_line(r.stderr) == f"generate.py: error: --model {model}: no such file or directory"
+
+
+def test_a_missing_hub_shaped_model_says_the_local_path_first_then_the_hub(tmp_path):
+    r = _generate(tmp_path, "--model", "nobody-here/nope", "--prompt", PROMPT)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    assert one_line(r.stderr).startswith("generate.py: error: --model nobody-here/nope: no such file or directory "
+                                         "here; as a Hub id it failed: ")
+
+
+def test_the_app_says_a_missing_model_path_is_missing(tmp_path):
+    import gradio as gr
+
+    from smollm.app import Models, stream_text
+
+    with pytest.raises(gr.Error) as e:
+        list(stream_text(Models(), "runs/nope", PROMPT, 3, 0, 0, 1, 1, 0))
+    assert one_line(e.value.message) == "Model runs/nope: no such file or directory"
+    assert e.value.print_exception is False

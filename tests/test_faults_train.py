@@ -269,6 +269,9 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, caps
     assert "--resume takes a run directory or checkpoint" in err and "put overrides after it" in err
     assert T.main(["--resume", str(tmp_path / "missing")]) == 2
     assert str(tmp_path / "missing") in _one_line_error(capsys)
+    # A mistyped tokenizer path is a missing path, named by its key, not a Hub connection error.
+    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "data.tokenizer=runs/nope")) == 2
+    assert _one_line_error(capsys) == "error: data.tokenizer runs/nope: no such file or directory"
 
     good = state.read_bytes()
     state.write_bytes(good[:100])  # torn

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from smollm import files
-from smollm.files import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, is_hub_id, read_jsonl
+from smollm.files import (SourceNotFound, atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, is_hub_id,
+                          looks_like_path, read_jsonl)
 
 
 class Boom(Exception):
@@ -163,6 +164,8 @@ def test_atomic_dir_failing_keeps_the_old_directory(tmp_path, overwrite):
     ("x.gguf", False),
     ("owner/model.gguf", False),
     ("owner/tokenizer.json", False),
+    ("owner/model.safetensors", False),
+    ("runs/tiny", False),  # a run directory (log.out_dir's runs/NAME), mistyped or elsewhere: never the Hub
     ("SmolLM2-135M", False),
 ])
 def test_is_hub_id(name, hub):
@@ -174,6 +177,37 @@ def test_an_existing_local_directory_is_not_a_hub_id(tmp_path, monkeypatch):
     assert is_hub_id("a/b")  # the same string, nothing on disk
     (tmp_path / "a" / "b").mkdir(parents=True)
     assert not is_hub_id("a/b")
+
+
+def test_a_name_below_an_existing_directory_is_a_path(tmp_path, monkeypatch):
+    """models/SmolLM2 where models/ exists here is a (mistyped) path, not a hub id owned by "models"."""
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("models/SmolLM2") and not looks_like_path("models/SmolLM2")
+    (tmp_path / "models").mkdir()
+    assert looks_like_path("models/SmolLM2") and not is_hub_id("models/SmolLM2")
+
+
+@pytest.mark.parametrize("name", ["./x", "../x", "/abs/x", "~/x", "x.gguf", "a/model.safetensors", "runs/nope", ".",
+                                  "runs/x/checkpoints/step_000001"])
+def test_looks_like_path(name):
+    assert looks_like_path(name)
+
+
+@pytest.mark.parametrize("name", ["HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M", "owner/repo"])
+def test_does_not_look_like_a_path(name):
+    assert not looks_like_path(name)
+
+
+def test_a_missing_source_says_first_that_no_such_path_exists():
+    assert str(SourceNotFound("runs/nope")) == "model runs/nope: no such file or directory"
+    hub = SourceNotFound("someone/nope", hub_said="LocalEntryNotFoundError: Got: ConnectError: offline")
+    assert str(hub) == ("model someone/nope: no such file or directory here; as a Hub id it failed: "
+                        "LocalEntryNotFoundError: Got: ConnectError: offline")
+    assert hub.describe("--model").startswith("--model someone/nope: no such file or directory here; ")
+    assert str(SourceNotFound("SmolLM2-135M", label="tokenizer")) == (
+        "tokenizer SmolLM2-135M: no such file or directory here, and not a Hub id (those read owner/name, e.g. "
+        "HuggingFaceTB/SmolLM2-135M)")
+    assert isinstance(hub, FileNotFoundError)  # what callers catch, as before
 
 
 def test_read_jsonl(tmp_path):

@@ -1,6 +1,7 @@
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -300,6 +301,32 @@ def test_ddp_on_gloo_matches_one_process(tmp_path, dataset, gguf_path):
     for s in a:
         assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
     assert [s for s, _ in list_checkpoints(str(tmp_path / "two"))] == [4]  # rank 0 alone wrote it
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_log_lines_say_step_of_total_throughput_and_time_left(tmp_path, dataset, gguf_path, capsys, monkeypatch,
+                                                              terminal):
+    """Each step's console line, in train.log too, says where the run is of how many steps, its
+    tokens/s and the time left: in a log file or a pipe (no progress bar) as on a terminal (with it)."""
+    if terminal:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert sys.stderr.isatty() is terminal
+    run = tmp_path / "run"
+    T.train(_cfg(run, dataset, gguf_path))  # 6 steps, a line every step, evaluations at 0, 3 and 6
+    out = capsys.readouterr().out
+    eta = r"eta (\?|\d+s|\d+m\d\ds|\d+h\d\dm)"
+    steps = [line for line in out.splitlines() if re.match(r"step +\d+/6 \| loss ", line)]
+    assert [int(re.match(r"step +(\d+)/6 ", line).group(1)) for line in steps] == [1, 2, 3, 4, 5, 6], out
+    for line in steps:
+        assert re.search(rf"\| [\d,]+ tok/s \| {eta} \|", line), line
+    # The first step (warm-up) alone gives no rate; from the second on, a time; none left at the end.
+    assert "| eta ? |" in steps[0] and all("eta ?" not in line for line in steps[1:]) and "| eta 0s |" in steps[-1]
+    assert [line for line in out.splitlines() if "val loss" in line] == [
+        f"step {m['step']}/6 | val loss {m['val_loss']:.4f}" for m in read_metrics(str(run)) if "val_loss" in m]
+    log = (run / "train.log").read_text().splitlines()
+    assert all(line in log for line in steps)
+    etas = {m["step"]: m["eta_s"] for m in read_metrics(str(run)) if "loss" in m}
+    assert etas[1] is None and all(etas[s] > 0 for s in (2, 3, 4, 5)) and etas[6] == 0
 
 
 def test_one_training_loss_everywhere(tmp_path, dataset, gguf_path):
