@@ -1,12 +1,9 @@
 """Try a run in the browser: `python app.py [--run runs/tiny] [--model PATH]` (extra `app`).
-See smollm/app.py."""
+See smollm/app.py (the app) and smollm/cli/app.py (the command)."""
 
 import sys
 
-from smollm.cli import app_parser
+from smollm.cli.app import main
 
 if __name__ == "__main__":
-    args = app_parser().parse_args()  # --help and argument errors answer here, before gradio is imported
-    from smollm.app import run_args
-
-    sys.exit(run_args(args))
+    sys.exit(main())  # --help and argument errors answer before gradio is imported

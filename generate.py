@@ -1,11 +1,9 @@
-"""python generate.py --help: continue a prompt with a SmolLM2 checkpoint, HF directory or GGUF."""
+"""python generate.py --help: continue a prompt with a SmolLM2 checkpoint, HF directory or GGUF.
+See smollm/cli/generate.py."""
 
 import sys
 
-from smollm.cli import generate_parser
+from smollm.cli.generate import main
 
 if __name__ == "__main__":
-    args = generate_parser().parse_args()  # --help and argument errors answer here, before torch is imported
-    from smollm.generate import run_args
-
-    sys.exit(run_args(args))
+    sys.exit(main())  # --help and argument errors answer before torch is imported

@@ -1,13 +1,10 @@
 """Pretrain SmolLM2 from scratch: `python train.py [--config configs/X.yaml] [section.key=value ...]`;
 also `train.py plot RUN` (the loss curve) and `train.py export RUN OUT` (a Hugging Face directory).
-See smollm/train.py."""
+See smollm/cli/train.py (the command) and smollm/training/ (the trainer)."""
 
 import sys
 
-from smollm.cli import train_args
+from smollm.cli.train import main
 
 if __name__ == "__main__":
-    parsed = train_args(sys.argv[1:])  # --help and argument errors answer here, before torch is imported
-    from smollm.train import run_command
-
-    sys.exit(run_command(*parsed))
+    sys.exit(main())  # --help and argument errors answer before torch is imported

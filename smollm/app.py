@@ -11,15 +11,14 @@ import glob
 import inspect
 import os
 import queue
-import sys
 import threading
 import time
 from collections import OrderedDict
 
 import gradio as gr
 
-from smollm.checkpoint import list_checkpoints, load
-from smollm.cli import app_parser
+from smollm.checkpoint import list_checkpoints
+from smollm.sources import load
 from smollm.cpu_decode import cpu_decode
 from smollm.errors import error_line
 from smollm.files import SourceNotFound
@@ -258,27 +257,3 @@ def screenshot(url: str, path: str, prompt: str = "import os", timeout: float = 
         return seen
     finally:
         driver.quit()
-
-
-def main(argv=None) -> int:
-    return run_args(app_parser().parse_args(argv))
-
-
-def run_args(args) -> int:
-    """app.py with its parsed arguments (smollm.cli.app_parser's)."""
-    runs = find_runs(args.run or ["runs/*"])
-    app = build_app(runs, args.model, args.kernels)
-    if args.screenshot is None:
-        app.queue().launch(server_name=args.host, server_port=args.port)
-        return 0
-    app.queue().launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True)
-    try:
-        text = screenshot(f"http://{args.host}:{args.port}/", args.screenshot)
-    finally:
-        app.close()
-    print(f"wrote {args.screenshot}: {text!r}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,8 @@ import shutil
 
 import yaml
 
-from smollm.checkpoint import latest_checkpoint, load
+from smollm.checkpoint import latest_checkpoint
+from smollm.sources import load
 from smollm.files import atomic_dir
 from smollm.metrics import read_metrics
 from smollm.runs import LOSS_PNG, RUN_CONFIG, Run

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smollm.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 from smollm.errors import first_line
 from smollm.files import atomic_dir, atomic_path, atomic_write_bytes
 from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, LATEST, RUN_FILES, STEP_NAME, TRAINER_STATE, Run
@@ -313,8 +314,6 @@ def _read_local_latest(run: Run) -> str | None:
 def _fetch_checkpoint(store: Store, name: str, dest: str, with_state: bool) -> None:
     """store's checkpoints/name into the local directory dest (atomically), checked against its
     checkpoint.json's sha256 (a CheckpointError naming the bad file)."""
-    from smollm.checkpoint import verify_checkpoint
-
     rel = f"{CHECKPOINTS}/{name}"
     with atomic_dir(dest, overwrite=True) as tmp:
         for f in store.listdir(rel):
@@ -337,8 +336,6 @@ def _candidates(store: Store, with_state: bool) -> list[str]:
 
 
 def _newest_good(store: Store, names: list[str], dest_of: Callable[[str], str], with_state: bool) -> str:
-    from smollm.checkpoint import CheckpointError
-
     problems = []
     for name in names:
         try:
@@ -358,8 +355,6 @@ def fetch_run(url: str, dest: str, options: dict | None = None) -> str:
     """The run at url brought to the local directory dest, which must not hold checkpoints: its files
     and its newest resumable checkpoint (verified; a bad one falls back to the one before). Returns
     dest, a run directory to resume."""
-    from smollm.checkpoint import list_checkpoints
-
     if list_checkpoints(dest):
         raise FileExistsError(f"{dest} already holds a run with checkpoints; resume it with --resume {dest}, or "
                               f"fetch {url} into another log.out_dir=...")
@@ -392,8 +387,6 @@ def fetch_weights(url: str, options: dict | None = None) -> str:
     """A local checkpoint directory (weights, config, tokenizer; no trainer state) of the run at url
     (its newest good checkpoint) or of the one checkpoint at url, kept in cache_dir(url) and reused
     while the store's checkpoint.json is the same."""
-    from smollm.checkpoint import CheckpointError
-
     store = connect(url, options, where="--model")
     try:
         if store.exists(CHECKPOINT_INFO):  # the URL of one checkpoint: <run>/checkpoints/<name>

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from smollm.checkpoint import load
+from smollm.sources import load
 from smollm.files import atomic_write_bytes, read_jsonl
 from smollm.generate import Sampling, context_cap_note, generate
 from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, Run

@@ -37,7 +37,7 @@ def transformers_model(path: str | os.PathLike, **kwargs):
 def load_model(source: str | os.PathLike, kernels: str = "torch", dtype: torch.dtype | None = None,
                device: str | torch.device | None = None) -> SmolLM:
     """A SmolLM from a Hugging Face directory, a `.gguf` file, or a hub id (when the hub answers): the
-    weights alone (smollm.checkpoint.load also takes a run directory and brings the tokenizer)."""
+    weights alone (smollm.sources.load also takes a run directory and brings the tokenizer)."""
     source = os.fspath(source)
     if os.path.isdir(source):
         model = load_hf_dir(source, kernels)

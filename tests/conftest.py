@@ -181,9 +181,10 @@ def sigterm_during_step(monkeypatch, step: int):
     import inspect
     import signal
 
-    import smollm.train as T
+    import smollm.training.step as S
+    import smollm.training.trainer as TR
 
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def step_then_signal(*args, **kw):
         out = real(*args, **kw)
@@ -191,4 +192,4 @@ def sigterm_during_step(monkeypatch, step: int):
             signal.raise_signal(signal.SIGTERM)  # the handler runs before this returns
         return out
 
-    monkeypatch.setattr(T, "optimizer_step", step_then_signal)
+    monkeypatch.setattr(TR, "optimizer_step", step_then_signal)

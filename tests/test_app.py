@@ -8,7 +8,7 @@ import pytest
 
 from conftest import micro_run_overrides
 from smollm.app import build_app
-from smollm.checkpoint import load
+from smollm.sources import load
 from smollm.cpu_decode import cpu_decode
 from smollm.generate import Sampling, generate
 
@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, dataset, gguf_path):
-    from smollm.train import train
+    from smollm.training.loop import train
     from smollm.train_config import RunConfig, apply_overrides
 
     run = tmp_path_factory.mktemp("app") / "micro"
@@ -99,11 +99,11 @@ def test_in_a_headless_browser(served, run, tmp_path):
 
 
 def test_models_are_loaded_once_and_reused(run, monkeypatch):
-    import smollm.checkpoint as C
+    import smollm.sources as C
     from smollm.app import Models
 
     calls = []
-    real = C.load_model  # what smollm.checkpoint.load calls
+    real = C.load_model  # what smollm.sources.load calls
     monkeypatch.setattr(C, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     models = Models(keep=1)
     first = os.path.join(run, "checkpoints", "step_000003")

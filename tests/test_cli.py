@@ -1,4 +1,4 @@
-"""smollm/cli.py: the command lines answer --help and argument errors before torch, transformers,
+"""smollm/cli/: the command lines answer --help and argument errors before torch, transformers,
 gradio or triton are imported (they take seconds, tens of seconds on a loaded machine). Each command
 runs as a user runs it, in its own process under `python -X importtime`, whose report on stderr lists
 every module the process imported."""
@@ -54,12 +54,12 @@ def test_an_argument_error_is_one_line_before_the_heavy_imports(argv, start):
 
 
 def test_the_module_main_functions_still_parse(capsys):
-    """smollm.train.main and smollm.generate.main (what the tests and `python -m` call) parse with the
-    same parsers: the same one-line error."""
-    import smollm.generate as G
-    import smollm.train as T
+    """smollm.cli.train.main and smollm.cli.generate.main, called in-process as the tests call them,
+    answer an argument error as the scripts do: the same one line."""
+    import smollm.cli.generate as G
+    import smollm.cli.train as CT
 
-    for main, prog in ((T.main, "train.py"), (G.main, "generate.py")):
+    for main, prog in ((CT.main, "train.py"), (G.main, "generate.py")):
         with pytest.raises(SystemExit) as e:
             main(["--nope"])
         assert e.value.code == 2

@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-import smollm.train as T
+import smollm.cli.train as CT
+import smollm.training.loop as L
 from conftest import micro_run_overrides
 
 
@@ -15,7 +16,7 @@ def micro_run(tmp_path_factory, dataset, gguf_path):
     from smollm.train_config import RunConfig, apply_overrides
 
     run = tmp_path_factory.mktemp("export") / "micro"
-    T.train(apply_overrides(RunConfig(), micro_run_overrides(run, dataset, gguf_path)).validate())
+    L.train(apply_overrides(RunConfig(), micro_run_overrides(run, dataset, gguf_path)).validate())
     return run
 
 
@@ -25,7 +26,7 @@ def test_export_loads_in_transformers_and_generates(micro_run, tmp_path):
     from smollm.weights import load_model
 
     out = tmp_path / "hf"
-    assert T.main(["export", str(micro_run), str(out)]) == 0
+    assert CT.main(["export", str(micro_run), str(out)]) == 0
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md", "loss.png"):
         assert (out / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(out)
@@ -60,17 +61,17 @@ def test_model_card_is_written_from_the_run(micro_run, tmp_path):
 
 
 def test_export_errors(micro_run, tmp_path, capsys):
-    assert T.main(["export", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
+    assert CT.main(["export", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert T.main(["export", str(micro_run), str(out)]) == 2
+    assert CT.main(["export", str(micro_run), str(out)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"  # nothing lost
-    assert T.main(["export", str(micro_run), str(out), "--checkpoint", str(tmp_path / "none")]) == 2
+    assert CT.main(["export", str(micro_run), str(out), "--checkpoint", str(tmp_path / "none")]) == 2
     assert "checkpoint" in capsys.readouterr().err
-    assert T.main(["export", str(micro_run), str(out), "--overwrite"]) == 0
+    assert CT.main(["export", str(micro_run), str(out), "--overwrite"]) == 0
     assert (out / "README.md").is_file() and not (out / "keep.txt").exists()
 
 

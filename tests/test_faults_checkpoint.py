@@ -9,14 +9,14 @@ import os
 import pytest
 import torch
 
-import smollm.train as T
+import smollm.cli.train as CT
 from conftest import file_tree, one_line, save_step
 import smollm.weights as W
 from smollm import files
-from smollm.checkpoint import (TRAINER_STATE, CheckpointError, load, load_checkpoint,
-                               resolve_resumable)
+from smollm.checkpoint import TRAINER_STATE, CheckpointError, load_checkpoint, resolve_resumable
 from smollm.config import get_preset
 from smollm.export import UnsafeOutputError, export_run
+from smollm.sources import load
 from smollm.files import WriteError, atomic_dir, atomic_write_bytes, atomic_write_json
 from smollm.model import SmolLM
 
@@ -159,7 +159,7 @@ def test_export_errors_are_one_line(run2, tmp_path, capsys, monkeypatch):
     """A corrupt newest checkpoint, a disk that refuses the output, a checkpoint given as the run."""
     ckpt = run2 / "checkpoints" / "step_000002"
     _overwrite_middle(ckpt / "model.safetensors")
-    assert T.main(["export", str(run2), str(tmp_path / "out")]) == 2
+    assert CT.main(["export", str(run2), str(tmp_path / "out")]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"train.py export: error: {ckpt / 'model.safetensors'}: corrupt")
     good = str(run2 / "checkpoints" / "step_000001")
@@ -169,10 +169,10 @@ def test_export_errors_are_one_line(run2, tmp_path, capsys, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(files.tempfile, "mkdtemp", full)
-        assert T.main(["export", str(run2), str(tmp_path / "out"), "--checkpoint", good]) == 2
+        assert CT.main(["export", str(run2), str(tmp_path / "out"), "--checkpoint", good]) == 2
     assert one_line(capsys.readouterr().err) == (f"train.py export: error: cannot write {tmp_path / 'out'}: No space "
                                                  f"left on device (the previous version, if any, is unchanged)")
-    assert T.main(["export", good, str(tmp_path / "out")]) == 2
+    assert CT.main(["export", good, str(tmp_path / "out")]) == 2
     assert one_line(capsys.readouterr().err) == (f"train.py export: error: {good} is a checkpoint, not a run "
                                                  f"directory; export it with: train.py export RUN OUT --checkpoint "
                                                  f"{good}")
@@ -192,7 +192,7 @@ def test_export_refuses_an_output_that_is_contains_or_lies_inside_the_run(run2, 
     if where == "a symlink to the run":
         os.symlink(run2, out)
     before = file_tree(tmp_path)
-    assert T.main(["export", str(run2), str(out), "--overwrite"]) == 2
+    assert CT.main(["export", str(run2), str(out), "--overwrite"]) == 2
     err = one_line(capsys.readouterr().err)
     assert "refusing to export" in err and str(out) in err
     with pytest.raises(UnsafeOutputError):

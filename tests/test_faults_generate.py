@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import smollm.files
-import smollm.generate as G
+import smollm.cli.generate as G
 from conftest import one_line
 from smollm.config import get_preset
 from smollm.model import SmolLM
@@ -78,7 +78,7 @@ def test_no_note_when_the_tokens_fit(small_ctx, capsys):
 # ------------------------------------------------------------ 2. the tokenizer's vocabulary --
 
 def test_a_tokenizer_bigger_than_the_vocabulary_is_refused(tmp_path, tokenizer, capsys):
-    from smollm.checkpoint import load
+    from smollm.sources import load
 
     small = _export(tmp_path / "v1000", tokenizer, vocab_size=1000)
     with pytest.raises(ValueError) as e:

@@ -17,7 +17,14 @@ import yaml
 from conftest import micro_run_overrides as _overrides
 from conftest import file_tree, one_line, peak_extra_bytes
 
-import smollm.train as T
+import smollm.cli.train as CT
+import smollm.training.dataset as DS
+import smollm.training.device as DV
+import smollm.training.evaluation as EV
+import smollm.training.loop as L
+import smollm.training.optimizer as O
+import smollm.training.step as S
+import smollm.training.trainer as TR
 from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
 from smollm.files import read_jsonl
 from smollm.metrics import MetricsLog
@@ -32,7 +39,7 @@ def _cfg(run_dir, dataset, gguf_path, *extra) -> RunConfig:
 
 def _short(run_dir, dataset, gguf_path, *extra):
     """A 2-step run with a checkpoint at step 2."""
-    return T.train(_cfg(run_dir, dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2", "log.eval_every=2",
+    return L.train(_cfg(run_dir, dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2", "log.eval_every=2",
                         *extra))
 
 
@@ -48,12 +55,12 @@ def test_resuming_a_copy_writes_into_the_copy(tmp_path, dataset, gguf_path):
     _short(tmp_path / "a", dataset, gguf_path)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     before = file_tree(tmp_path / "a")
-    assert T.main(["--resume", str(tmp_path / "b"), "train.max_steps=4", "log.ckpt_every=4"]) == 0
+    assert CT.main(["--resume", str(tmp_path / "b"), "train.max_steps=4", "log.ckpt_every=4"]) == 0
     assert file_tree(tmp_path / "a") == before  # latest, trainer states, metrics.jsonl: untouched
     assert latest_checkpoint(str(tmp_path / "b")).endswith("step_000004")
     assert [m["step"] for m in read_jsonl(str(tmp_path / "b" / "metrics.jsonl")) if "loss" in m] == [1, 2, 3, 4]
     # log.out_dir=... given explicitly still wins
-    assert T.main(["--resume", str(tmp_path / "b"), "train.max_steps=6", "log.ckpt_every=6",
+    assert CT.main(["--resume", str(tmp_path / "b"), "train.max_steps=6", "log.ckpt_every=6",
                    f"log.out_dir={tmp_path / 'c'}"]) == 0
     assert latest_checkpoint(str(tmp_path / "c")).endswith("step_000006")
     assert latest_checkpoint(str(tmp_path / "b")).endswith("step_000004")
@@ -70,7 +77,7 @@ def test_a_live_lock_refuses_a_second_run(tmp_path, dataset, gguf_path, capsys):
                                             "started": "2026-01-01T00:00:00"}))
         with pytest.raises(RunLocked, match=f"pid {holder.pid} on this host"):
             _short(run, dataset, gguf_path)
-        assert T.main(_overrides(run, dataset, gguf_path, "train.max_steps=2")) == 2
+        assert CT.main(_overrides(run, dataset, gguf_path, "train.max_steps=2")) == 2
         err = _one_line_error(capsys)
         assert f"pid {holder.pid}" in err and str(run) in err and "log.out_dir" in err
         assert json.loads((run / LOCK).read_text())["pid"] == holder.pid  # the holder's lock stays
@@ -87,13 +94,13 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_released(tmp_path, dataset, 
     dead.wait()
     (run / LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
     seen = {}
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def step(*a, **k):
         seen.setdefault("lock", json.loads((run / LOCK).read_text()))
         return real(*a, **k)
 
-    monkeypatch.setattr(T, "optimizer_step", step)
+    monkeypatch.setattr(TR, "optimizer_step", step)
     _short(run, dataset, gguf_path)
     err = capsys.readouterr().err
     assert f"taking over the stale lock {run / LOCK}" in err and f"pid {dead.pid}" in err
@@ -117,14 +124,14 @@ def test_optimizer_overrides_apply_on_resume(tmp_path, dataset, gguf_path, monke
     _short(run, dataset, gguf_path, "train.max_steps=4")  # checkpoints at steps 2 and 4
     capsys.readouterr()
     lrs = {}
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def recording(fwd, model, opt, micro, guard, step, *a, **k):
         lrs[step] = [g["lr"] for g in opt.param_groups] + [opt.param_groups[0]["weight_decay"]]
         return real(fwd, model, opt, micro, guard, step, *a, **k)
 
-    monkeypatch.setattr(T, "optimizer_step", recording)
-    assert T.main(["--resume", str(run / "checkpoints" / "step_000002"), "train.max_steps=6", "log.ckpt_every=6",
+    monkeypatch.setattr(TR, "optimizer_step", recording)
+    assert CT.main(["--resume", str(run / "checkpoints" / "step_000002"), "train.max_steps=6", "log.ckpt_every=6",
                    "optim.lr=5e-4", "optim.weight_decay=0.2", "log.out_dir=" + str(tmp_path / "more")]) == 0
     out = capsys.readouterr().out
     assert "optim.lr 0.001 -> 0.0005" in out and "optim.weight_decay 0.01 -> 0.2" in out, out
@@ -146,10 +153,10 @@ def test_shape_changes_are_refused_on_resume(tmp_path, dataset, gguf_path, capsy
     _short(run, dataset, gguf_path)
     before = file_tree(run)
     capsys.readouterr()
-    assert T.main(["--resume", str(run), "data.seq_len=16"]) == 2
+    assert CT.main(["--resume", str(run), "data.seq_len=16"]) == 2
     err = _one_line_error(capsys)
     assert "data.seq_len" in err and "32" in err and "16" in err
-    assert T.main(["--resume", str(run), "model.overrides.hidden_size=128"]) == 2
+    assert CT.main(["--resume", str(run), "model.overrides.hidden_size=128"]) == 2
     err = _one_line_error(capsys)
     assert "hidden_size=64" in err and "128" in err
     assert file_tree(run) == before
@@ -158,7 +165,7 @@ def test_shape_changes_are_refused_on_resume(tmp_path, dataset, gguf_path, capsy
 # ---------------------------------------------------------------- 4. Ctrl-C --
 
 def _sigint_during_step(monkeypatch, step: int, times: int):
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def step_then_signal(*args, **kw):
         out = real(*args, **kw)
@@ -167,12 +174,12 @@ def _sigint_during_step(monkeypatch, step: int, times: int):
                 signal.raise_signal(signal.SIGINT)
         return out
 
-    monkeypatch.setattr(T, "optimizer_step", step_then_signal)
+    monkeypatch.setattr(TR, "optimizer_step", step_then_signal)
 
 
 def test_first_ctrl_c_stops_after_the_step(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     _sigint_during_step(monkeypatch, 2, 1)
-    summary = T.train(_cfg(tmp_path / "run", dataset, gguf_path))
+    summary = L.train(_cfg(tmp_path / "run", dataset, gguf_path))
     err = capsys.readouterr().err
     assert "stopping after this step (Ctrl-C again to abort without a checkpoint)" in err
     assert summary["stopped"] == "SIGINT" and summary["step"] == 2
@@ -183,7 +190,7 @@ def test_first_ctrl_c_stops_after_the_step(tmp_path, dataset, gguf_path, monkeyp
 def test_second_ctrl_c_aborts_without_a_checkpoint(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     handler = signal.getsignal(signal.SIGINT)
     _sigint_during_step(monkeypatch, 4, 2)
-    assert T.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 130
+    assert CT.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 130
     err = capsys.readouterr().err
     assert "stopping after this step" in err and "aborted by Ctrl-C" in err and "step_000003" in err
     assert [s for s, _ in list_checkpoints(str(tmp_path / "run"))] == [3]
@@ -220,7 +227,7 @@ def test_resume_after_a_torn_metrics_and_samples_line(tmp_path, dataset, gguf_pa
         f.write('{"step": 3, "tokens": 7')
     with open(samples, "a") as f:
         f.write('{"step": 3, "tok')
-    assert T.main(["--resume", str(run), "train.max_steps=4", "log.ckpt_every=4"]) == 0
+    assert CT.main(["--resume", str(run), "train.max_steps=4", "log.ckpt_every=4"]) == 0
     err = capsys.readouterr().err
     assert f"{metrics}: dropped a torn last line" in err and f"{samples}: dropped a torn last line" in err
     assert metrics.read_bytes().startswith(good_metrics)  # nothing before the torn line was lost
@@ -239,7 +246,7 @@ def test_checkpoint_temporaries_are_removed_at_the_next_start(tmp_path, dataset,
     (ckpts / ".tmp-xyz").write_bytes(b"half")
     (run / ".tmp-keep").write_bytes(b"not in checkpoints/")
     keep = sorted(os.listdir(ckpts / "step_000002"))
-    assert T.main(["--resume", str(run), "train.max_steps=3", "log.ckpt_every=3"]) == 0
+    assert CT.main(["--resume", str(run), "train.max_steps=3", "log.ckpt_every=3"]) == 0
     out = capsys.readouterr().out
     assert "removed 2 unfinished checkpoint temporaries" in out and ".tmp-xyz" in out
     assert sorted(os.listdir(ckpts)) == ["latest", "step_000002", "step_000003"]
@@ -255,27 +262,27 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, caps
     capsys.readouterr()
     state = run / "checkpoints" / "step_000002" / TRAINER_STATE
 
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.preset=nope")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.preset=nope")) == 2
     err = _one_line_error(capsys)
     assert "model.preset" in err and "'nope'" in err
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.lr=-1")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.lr=-1")) == 2
     assert "optim.lr: must be positive, got -1" in _one_line_error(capsys)
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.eps=-1")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.eps=-1")) == 2
     assert "optim.eps: must be positive, got -1" in _one_line_error(capsys)
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.weight_decay=-1")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "optim.weight_decay=-1")) == 2
     assert "optim.weight_decay: must be >= 0, got -1" in _one_line_error(capsys)
-    assert T.main(["--resume", f"data.path={dataset}"]) == 2
+    assert CT.main(["--resume", f"data.path={dataset}"]) == 2
     err = _one_line_error(capsys)
     assert "--resume takes a run directory or checkpoint" in err and "put overrides after it" in err
-    assert T.main(["--resume", str(tmp_path / "missing")]) == 2
+    assert CT.main(["--resume", str(tmp_path / "missing")]) == 2
     assert str(tmp_path / "missing") in _one_line_error(capsys)
     # A mistyped tokenizer path is a missing path, named by its key, not a Hub connection error.
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "data.tokenizer=runs/nope")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "data.tokenizer=runs/nope")) == 2
     assert _one_line_error(capsys) == "error: data.tokenizer runs/nope: no such file or directory"
 
     good = state.read_bytes()
     state.write_bytes(good[:100])  # torn
-    assert T.main(["--resume", str(run)]) == 2
+    assert CT.main(["--resume", str(run)]) == 2
     err = _one_line_error(capsys)
     assert TRAINER_STATE in err and str(run) in err  # names the damaged file (checkpoint.py's wording)
     state.write_bytes(good)
@@ -284,14 +291,14 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path, dataset, gguf_path, caps
     saved = weights.read_bytes()
     weights.unlink()
     weights.mkdir()
-    assert T.main(["--resume", str(run)]) == 2
+    assert CT.main(["--resume", str(run)]) == 2
     err = _one_line_error(capsys)
     assert str(weights) in err and "unreadable" in err
     weights.rmdir()
     weights.write_bytes(saved)
     # A failed start into a new directory leaves no directory behind (the lock included).
     # (the model's vocabulary is smaller than the dataset's: refused after the directory was made and locked)
-    assert T.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.overrides.vocab_size=1000")) == 2
+    assert CT.main(_overrides(tmp_path / "new" / "deep", dataset, gguf_path, "model.overrides.vocab_size=1000")) == 2
     assert "vocab_size is 1000" in _one_line_error(capsys)
     assert not (tmp_path / "new").exists()
 
@@ -317,7 +324,7 @@ def test_an_eval_batch_that_does_not_fit_in_memory_is_one_line(raised):
 
     cfg = apply_overrides(RunConfig(), ["train.micro_batch=100000", "data.seq_len=2048"])
     with pytest.raises(ConfigError) as e:
-        T.validation_loss(model, _Windows(), cfg, torch.device("cpu"))
+        EV.validation_loss(model, _Windows(), cfg, torch.device("cpu"))
     assert one_line(str(e.value)) == ("train.micro_batch=100000 x data.seq_len=2048 does not fit in memory on cpu "
                                        "(an allocation failed); lower train.micro_batch (and raise train.grad_accum)")
 
@@ -327,14 +334,14 @@ def test_other_eval_errors_pass_through_unchanged():
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        T.validation_loss(model, _Windows(), RunConfig(), torch.device("cpu"))
+        EV.validation_loss(model, _Windows(), RunConfig(), torch.device("cpu"))
 
 
 def test_a_step_that_cannot_fit_fails_before_anything(tmp_path, dataset, gguf_path, capsys):
     """The issue's case: train.micro_batch=100000 spent minutes in the first evaluation, then was
     killed allocating hundreds of GB. Now: refused at once, nothing made."""
     run = tmp_path / "new" / "run"
-    assert T.main(_overrides(run, dataset, gguf_path, "train.micro_batch=100000")) == 2
+    assert CT.main(_overrides(run, dataset, gguf_path, "train.micro_batch=100000")) == 2
     err = _one_line_error(capsys)
     assert err.startswith("error: train.micro_batch=100000 x data.seq_len=32 does not fit in memory on cpu (a step "
                           "needs at least ") and "GiB, the device has " in err
@@ -343,15 +350,15 @@ def test_a_step_that_cannot_fit_fails_before_anything(tmp_path, dataset, gguf_pa
 
 
 def test_an_allocation_failing_in_a_training_step_is_one_line(tmp_path, dataset, gguf_path, monkeypatch, capsys):
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def oom_at_step_2(*args, **kw):
         if args[5] == 2:  # the step number
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
         return real(*args, **kw)
 
-    monkeypatch.setattr(T, "optimizer_step", oom_at_step_2)
-    assert T.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 2
+    monkeypatch.setattr(TR, "optimizer_step", oom_at_step_2)
+    assert CT.main(_overrides(tmp_path / "run", dataset, gguf_path)) == 2
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # (the progress bar before it)
     assert "Traceback" not in "\n".join(err) and err[-1] == ("error: train.micro_batch=4 x data.seq_len=32 does not fit in memory on cpu "
                                        "(an allocation failed); lower train.micro_batch (and raise train.grad_accum)")
@@ -366,7 +373,7 @@ def test_memory_floor_is_below_what_a_step_uses(dataset, gguf_path, tmp_path):
     cfg = _cfg(tmp_path / "run", dataset, gguf_path)
     torch.manual_seed(0)
     model = SmolLM(cfg.model_config(), kernels="torch")
-    opt = T.make_optimizer(model, cfg, torch.device("cpu"))
+    opt = O.make_optimizer(model, cfg, torch.device("cpu"))
     x = torch.randint(0, 1000, (cfg.train.micro_batch, cfg.data.seq_len))
 
     def step():
@@ -378,7 +385,7 @@ def test_memory_floor_is_below_what_a_step_uses(dataset, gguf_path, tmp_path):
     held = [p for p in model.parameters()] + [t for s in opt.state.values() for t in s.values() if t.dim()]
     assert len(held) == 3 * len(list(model.parameters()))  # weights, exp_avg, exp_avg_sq
     used = sum(t.numel() * t.element_size() for t in held) + peak_extra_bytes(step)
-    floor = T.memory_floor(cfg, torch.device("cpu"))
+    floor = DV.memory_floor(cfg, torch.device("cpu"))
     logits = 2 * x.numel() * cfg.model_config().vocab_size * 4
     assert logits < floor <= used, (floor, used)
 
@@ -386,9 +393,9 @@ def test_memory_floor_is_below_what_a_step_uses(dataset, gguf_path, tmp_path):
 def test_the_a10g_run_fits_an_a10g_by_the_floor():
     """The floor must not refuse the configs this project ships for their GPU (24 GB A10G)."""
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "smollm2-135m.yaml"))
-    floor = T.memory_floor(cfg, torch.device("cuda"))
+    floor = DV.memory_floor(cfg, torch.device("cuda"))
     assert 12 * cfg.model_config().n_params < floor < 24e9 / 4
-    torch_path = T.memory_floor(apply_overrides(cfg, ["model.kernels=torch"]), torch.device("cuda"))
+    torch_path = DV.memory_floor(apply_overrides(cfg, ["model.kernels=torch"]), torch.device("cuda"))
     assert floor < torch_path < 24e9 / 2
 
 
@@ -397,15 +404,15 @@ def test_the_a10g_run_fits_an_a10g_by_the_floor():
 def test_a_finished_dataset_made_with_other_values_is_said(dataset, gguf_path, tmp_path, capsys):
     """data.source/tokens/val_fraction only describe how to prepare a missing dataset: a finished one
     is used as it is, and a note names each value that differs (not silently, as before)."""
-    meta = T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=1M"))
+    meta = DS.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=1M"))
     note = one_line(capsys.readouterr().out)
     assert note == (f"data: using the finished dataset at {dataset}, made with data.tokens=80000 (this run: "
                     f"1000000), data.val_fraction=0.25 (this run: 0.01); to prepare one with this run's values, "
                     f"point data.path at a new directory")
     assert meta["complete"] and meta["max_tokens"] == 80_000  # used, not rebuilt
-    T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25"))
+    DS.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25"))
     assert capsys.readouterr().out == ""
-    T.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25",
+    DS.ensure_dataset(_cfg(tmp_path, dataset, gguf_path, "data.tokens=80k", "data.val_fraction=0.25",
                           "data.source=[other]"))
     assert "data.source=['stdlib'] (this run: ['other'])" in one_line(capsys.readouterr().out)
 
@@ -416,7 +423,7 @@ def test_a_bad_newest_checkpoint_is_said_once_and_its_replacement_noted(tmp_path
     newest = run / "checkpoints" / "step_000002" / TRAINER_STATE
     newest.write_bytes(newest.read_bytes()[:100])
     capsys.readouterr()
-    assert T.main(["--resume", str(run)]) == 0
+    assert CT.main(["--resume", str(run)]) == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and str(newest) in warnings[0] and "step_000001 instead" in warnings[0]

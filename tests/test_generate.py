@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-import smollm.generate as G
+import smollm.cli.generate as G
 from conftest import PROMPTS, micro_run_overrides
-from smollm.checkpoint import load
+from smollm.sources import load
 from smollm.config import get_preset
 from smollm.generate import CachedDecoder, Sampling, generate, next_tokens, repetition_penalty
 from smollm.model import SmolLM
@@ -140,7 +140,7 @@ def test_cli_errors(tmp_path, capsys):
 # --------------------------------------------------------------- checkpoints of a run --
 
 def test_checkpoint_comparison_of_a_run(tmp_path, dataset, gguf_path, capsys):
-    from smollm.train import train
+    from smollm.training.loop import train
     from smollm.train_config import RunConfig, apply_overrides
 
     run = tmp_path / "run"

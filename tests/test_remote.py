@@ -19,10 +19,13 @@ from moto import server as moto_server
 from conftest import micro_run_overrides, one_line, save_step, sigterm_during_step
 
 import smollm.remote as R
-import smollm.train as T
-from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, load
+import smollm.cli.train as CT
+import smollm.training.loop as L
+import smollm.training.trainer as TR
+from smollm.checkpoint import TRAINER_STATE, latest_checkpoint
 from smollm.metrics import read_metrics
 from smollm.runs import RUN_FILES, Run
+from smollm.sources import load
 from smollm.train_config import RunConfig, apply_overrides
 
 SECRET = "smollm-test-secret-never-written"
@@ -96,7 +99,7 @@ def _remote_files(store: R.Store) -> dict[str, bytes]:
 def test_a_run_uploads_every_checkpoint_and_run_file(s3, bucket, tmp_path, dataset, gguf_path):
     url = f"{bucket}/runs/a"
     run = tmp_path / "a"
-    T.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "log.keep_trainer_states=1"))
+    L.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "log.keep_trainer_states=1"))
     local, remote = _local_files(run), _remote_files(_store(s3, url))
     # The remote holds what the local run holds (its trainer states pruned the same way), byte for byte;
     # the local console log has one more line, said after the last upload: that it went well.
@@ -115,17 +118,17 @@ def test_a_run_uploads_every_checkpoint_and_run_file(s3, bucket, tmp_path, datas
 
 
 def test_resume_from_the_url_on_an_empty_disk_is_exact(s3, bucket, tmp_path, dataset, gguf_path, monkeypatch):
-    whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
+    whole = L.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     url = f"{bucket}/runs/spot"
     spot = tmp_path / "spot"
     with monkeypatch.context() as m:
         sigterm_during_step(m, 4)  # the spot instance is reclaimed during step 4
-        first = T.train(_cfg(spot, dataset, gguf_path, *_remote(s3, url)))
+        first = L.train(_cfg(spot, dataset, gguf_path, *_remote(s3, url)))
     assert first["stopped"] == "SIGTERM" and first["step"] == 4
     assert _store(s3, url).latest() == "step_000004"  # the last checkpoint was awaited before exit
     shutil.rmtree(spot)  # the machine is gone with its disk
 
-    assert T.main(["--resume", url, f"log.remote_options={{endpoint_url: {s3['endpoint']}}}"]) == 0
+    assert CT.main(["--resume", url, f"log.remote_options={{endpoint_url: {s3['endpoint']}}}"]) == 0
     assert whole["step"] == 6
     a, b = _losses(tmp_path / "whole"), _losses(spot)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6] and a == b  # to the bit: CPU, fp32
@@ -135,10 +138,10 @@ def test_resume_from_the_url_on_an_empty_disk_is_exact(s3, bucket, tmp_path, dat
 def test_resume_from_the_url_never_overwrites_a_local_run(s3, bucket, tmp_path, dataset, gguf_path, capsys):
     url = f"{bucket}/runs/b"
     run = tmp_path / "b"
-    T.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "train.max_steps=3"))
+    L.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "train.max_steps=3"))
     before = _local_files(run)
     capsys.readouterr()
-    assert T.main(["--resume", url, f"log.remote_options={{endpoint_url: {s3['endpoint']}}}"]) == 2
+    assert CT.main(["--resume", url, f"log.remote_options={{endpoint_url: {s3['endpoint']}}}"]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"error: {run} already holds a run with checkpoints; resume it with --resume {run}")
     assert _local_files(run) == before
@@ -148,7 +151,7 @@ def test_a_store_that_goes_away_and_comes_back(s3, bucket, tmp_path, dataset, gg
     """Down after the first checkpoint: a warning naming what is missing, training goes on; back
     before the third: everything missing is uploaded then."""
     url = f"{bucket}/runs/c"
-    real_save = T.Trainer.save
+    real_save = TR.Trainer.save
     seen = {}
 
     def save_then(self):
@@ -161,9 +164,9 @@ def test_a_store_that_goes_away_and_comes_back(s3, bucket, tmp_path, dataset, gg
             s3["server"] = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=s3["port"], verbose=False)
             s3["server"].start()
 
-    monkeypatch.setattr(T.Trainer, "save", save_then)
+    monkeypatch.setattr(TR.Trainer, "save", save_then)
     monkeypatch.setattr(R, "RETRIES", 2)
-    out = T.train(_cfg(tmp_path / "c", dataset, gguf_path, *_remote(s3, url), "train.max_steps=9"))
+    out = L.train(_cfg(tmp_path / "c", dataset, gguf_path, *_remote(s3, url), "train.max_steps=9"))
     assert out["step"] == 9
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning: remote:")]
@@ -188,7 +191,7 @@ def test_the_last_upload_is_awaited_with_a_bound_that_says_what_is_missing(s3, b
         return real_put(self, local, rel)
 
     monkeypatch.setattr(R.Store, "put", slow_put)
-    T.train(_cfg(tmp_path / "d", dataset, gguf_path, *_remote(s3, url), "log.remote_wait=0.5"))
+    L.train(_cfg(tmp_path / "d", dataset, gguf_path, *_remote(s3, url), "log.remote_wait=0.5"))
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if "after waiting" in x]
     assert line == [f"warning: remote: not uploaded to {url} after waiting 0.5 s: step_000006 (they are in "
@@ -250,7 +253,7 @@ def test_a_wrong_bucket_is_one_line_at_start_up(s3, tmp_path, dataset, gguf_path
     run = tmp_path / "new" / "run"
     url = "s3://no-such-bucket-smollm/x"
     t0 = time.monotonic()
-    assert T.main(micro_run_overrides(run, dataset, gguf_path, *_remote(s3, url))) == 2
+    assert CT.main(micro_run_overrides(run, dataset, gguf_path, *_remote(s3, url))) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"error: log.remote: cannot write to {url} (no such bucket")
     assert not (tmp_path / "new").exists()  # before anything: no run directory, no training
@@ -274,7 +277,7 @@ def test_bad_credentials_are_one_line_at_start_up(tmp_path, dataset, gguf_path, 
                 assert time.monotonic() < deadline and proc.poll() is None, "the second S3 server did not start"
                 time.sleep(0.2)
         url = "s3://some-bucket/x"
-        assert T.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, f"log.remote={url}",
+        assert CT.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, f"log.remote={url}",
                                           f"log.remote_options={{endpoint_url: http://127.0.0.1:{port}}}")) == 2
     finally:
         proc.terminate()
@@ -286,7 +289,7 @@ def test_bad_credentials_are_one_line_at_start_up(tmp_path, dataset, gguf_path, 
 
 @pytest.mark.parametrize("option", ["key", "secret", "aws_secret_access_key", "token", "password"])
 def test_credentials_in_the_config_are_refused(tmp_path, dataset, gguf_path, capsys, option):
-    assert T.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, "log.remote=s3://b/x",
+    assert CT.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, "log.remote=s3://b/x",
                                       f"log.remote_options={{{option}: abc}}")) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"error: log.remote_options.{option}: credentials are never put in a run's config")
@@ -294,7 +297,7 @@ def test_credentials_in_the_config_are_refused(tmp_path, dataset, gguf_path, cap
 
 
 def test_a_remote_that_is_not_a_url_is_refused(tmp_path, dataset, gguf_path, capsys):
-    assert T.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, "log.remote=my-bucket/x")) == 2
+    assert CT.main(micro_run_overrides(tmp_path / "run", dataset, gguf_path, "log.remote=my-bucket/x")) == 2
     assert one_line(capsys.readouterr().err) == ("error: log.remote: must be a store URL like s3://bucket/prefix "
                                                  "(or null), got 'my-bucket/x'")
 
@@ -304,7 +307,7 @@ def test_a_remote_that_is_not_a_url_is_refused(tmp_path, dataset, gguf_path, cap
 def test_generate_and_export_take_the_url(s3, bucket, tmp_path, dataset, gguf_path, monkeypatch, capsys):
     url = f"{bucket}/runs/f"
     run = tmp_path / "f"
-    T.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "train.max_steps=3"))
+    L.train(_cfg(run, dataset, gguf_path, *_remote(s3, url), "train.max_steps=3"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3["endpoint"])  # readers take the endpoint from the environment
     monkeypatch.setenv("SMOLLM_CACHE", str(tmp_path / "cache"))
     ours, _ = load(str(run))
@@ -321,14 +324,14 @@ def test_generate_and_export_take_the_url(s3, bucket, tmp_path, dataset, gguf_pa
         n for n in os.listdir(latest_checkpoint(str(run))) if n != TRAINER_STATE)  # no optimizer state fetched
 
     out = f"{bucket}/exports/f"
-    assert T.main(["export", str(run), out]) == 0
+    assert CT.main(["export", str(run), out]) == 0
     store = _store(s3, out)
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= set(store.listdir(""))
     capsys.readouterr()
-    assert T.main(["export", str(run), out]) == 2  # never over what is there unless asked
+    assert CT.main(["export", str(run), out]) == 2  # never over what is there unless asked
     assert one_line(capsys.readouterr().err) == (f"train.py export: error: {out} already holds files; pass "
                                                  f"--overwrite to replace them")
-    assert T.main(["export", str(run), out, "--overwrite"]) == 0
+    assert CT.main(["export", str(run), out, "--overwrite"]) == 0
 
 
 def test_any_fsspec_store(tmp_path, model, tokenizer):

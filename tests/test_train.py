@@ -10,7 +10,11 @@ import time
 import pytest
 import torch
 
-import smollm.train as T
+import smollm.cli.train as CT
+import smollm.training.loop as L
+import smollm.training.optimizer as O
+import smollm.training.step as S
+import smollm.training.trainer as TR
 from smollm.checkpoint import TRAINER_STATE, latest_checkpoint, list_checkpoints
 from smollm.config import get_preset
 from smollm.metrics import read_metrics
@@ -42,7 +46,7 @@ def test_accumulation_equals_one_big_batch():
         torch.manual_seed(1)
         model = SmolLM(cfg)
         b = 8 // split
-        loss = T.forward_backward(model, [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(split)])
+        loss = S.forward_backward(model, [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(split)])
         return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
 
     loss1, g1 = grads(1)
@@ -64,7 +68,7 @@ def test_accumulation_equals_one_big_batch():
 # ------------------------------------------------------------------------- exact resume --
 
 def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch, capsys):
-    whole = T.train(_cfg(tmp_path / "whole", dataset, gguf_path))
+    whole = L.train(_cfg(tmp_path / "whole", dataset, gguf_path))
     assert whole["step"] == 6 and whole["stopped"] is None
     # The config records what ran: fp32 on a CPU (train.dtype's default, bf16, is a GPU's autocast).
     assert _cfg(tmp_path, dataset, gguf_path).train.dtype == "bf16"
@@ -74,11 +78,11 @@ def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as m:
         sigterm_during_step(m, 4)
-        first = T.train(_cfg(tmp_path / "resumed", dataset, gguf_path))
+        first = L.train(_cfg(tmp_path / "resumed", dataset, gguf_path))
     assert first["step"] == 4 and first["stopped"] == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == handler  # the run put the handler it found back
     assert latest_checkpoint(str(tmp_path / "resumed")).endswith("step_000004")
-    assert T.main(["--resume", str(tmp_path / "resumed")]) == 0  # the checkpoint's own config
+    assert CT.main(["--resume", str(tmp_path / "resumed")]) == 0  # the checkpoint's own config
 
     a, b = _losses(tmp_path / "whole"), _losses(tmp_path / "resumed")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
@@ -99,25 +103,25 @@ def test_resume_is_exact(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     assert "## Step 3" in md and "## Step 6" in md and "def fibonacci(n):" in md
     assert (tmp_path / "whole" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     os.unlink(tmp_path / "whole" / "loss.png")
-    assert T.main(["plot", str(tmp_path / "whole")]) == 0
+    assert CT.main(["plot", str(tmp_path / "whole")]) == 0
     assert (tmp_path / "whole" / "loss.png").stat().st_size > 10_000
 
     # Resuming the finished run as it is trains nothing, says so, and rewrites none of its record.
     before = {k: v for k, v in file_tree(whole_dir).items() if k != "train.log"}
-    assert T.main(["--resume", str(whole_dir)]) == 0
+    assert CT.main(["--resume", str(whole_dir)]) == 0
     assert "nothing to train: the run is at step 6 of train.max_steps=6" in capsys.readouterr().out
     assert {k: v for k, v in file_tree(whole_dir).items() if k != "train.log"} == before
 
 
 def test_run_directory_with_checkpoints_needs_resume(tmp_path, dataset, gguf_path, capsys):
-    T.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2"))
+    L.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2", "log.ckpt_every=2"))
     with pytest.raises(FileExistsError, match="--resume"):
-        T.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2"))
+        L.train(_cfg(tmp_path / "run", dataset, gguf_path, "train.max_steps=2"))
 
 
 def _poison_step(monkeypatch, bad_call: int):
     """The bad_call-th call of forward_backward returns a NaN loss."""
-    real = T.forward_backward
+    real = S.forward_backward
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
@@ -125,13 +129,13 @@ def _poison_step(monkeypatch, bad_call: int):
         loss = real(*args, **kw)
         return loss * float("nan") if calls["n"] == bad_call else loss
 
-    monkeypatch.setattr(T, "forward_backward", poisoned)
+    monkeypatch.setattr(S, "forward_backward", poisoned)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, dataset, gguf_path, monkeypatch,
                                                                    capsys):
     _poison_step(monkeypatch, 5)
-    rc = T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+    rc = CT.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"),
                  *_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "train.max_steps=9")])
     err = capsys.readouterr().err
     assert rc == 1 and "non-finite loss (nan)" in err and "at step 5" in err and "step_000004" in err
@@ -142,7 +146,7 @@ def test_non_finite_between_log_steps_is_caught_at_the_next_sync(tmp_path, datas
     """Step 5 goes bad between log steps (every 4): the run stops at step 6 (a checkpoint step, where
     the host reads the flag) naming step 5, and writes no checkpoint after it."""
     _poison_step(monkeypatch, 5)
-    rc = T.main(_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "log.log_every=4",
+    rc = CT.main(_overrides(tmp_path / "run", dataset, gguf_path, "log.ckpt_every=2", "log.log_every=4",
                            "log.eval_every=100", "train.max_steps=9"))
     err = capsys.readouterr().err
     assert rc == 1 and "at step 5" in err and "step_000004" in err, err
@@ -155,7 +159,7 @@ def _micro_step_setup(kernels="torch", compiled=False, fused="true"):
                                         "num_key_value_heads: 1, head_dim: 32, intermediate_size: 128}"]).validate()
     torch.manual_seed(0)
     model = SmolLM(cfg.model_config(), kernels=kernels)
-    opt = T.make_optimizer(model, cfg, torch.device("cpu"))
+    opt = O.make_optimizer(model, cfg, torch.device("cpu"))
     x = torch.randint(0, 49152, (2, 2, 16))
     micro = [(x[i], x[i].roll(-1, 1)) for i in range(2)]
     fwd = torch.compile(model) if compiled else model
@@ -164,20 +168,20 @@ def _micro_step_setup(kernels="torch", compiled=False, fused="true"):
 
 def test_a_non_finite_step_never_updates_the_weights(monkeypatch):
     model, opt, micro, fwd = _micro_step_setup()
-    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
-    T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
+    guard = S.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    S.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
     after_good = {n: p.detach().clone() for n, p in model.named_parameters()}
-    real = T.forward_backward
-    monkeypatch.setattr(T, "forward_backward", lambda *a, **k: real(*a, **k) * float("inf"))
-    T.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
-    monkeypatch.setattr(T, "forward_backward", real)
-    T.optimizer_step(fwd, model, opt, micro, guard, 3, 1.0)  # finite again, but the run is stopping: no update
+    real = S.forward_backward
+    monkeypatch.setattr(S, "forward_backward", lambda *a, **k: real(*a, **k) * float("inf"))
+    S.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
+    monkeypatch.setattr(S, "forward_backward", real)
+    S.optimizer_step(fwd, model, opt, micro, guard, 3, 1.0)  # finite again, but the run is stopping: no update
     assert all(torch.equal(p, after_good[n]) for n, p in model.named_parameters())
-    with pytest.raises(T.NonFiniteLoss, match=r"non-finite loss \(inf\) .* at step 2"):
+    with pytest.raises(S.NonFiniteLoss, match=r"non-finite loss \(inf\) .* at step 2"):
         guard.check()
     # The test can fail: without the guard's flag the same steps do change the weights.
-    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
-    T.optimizer_step(fwd, model, opt, micro, guard, 4, 1.0)
+    guard = S.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    S.optimizer_step(fwd, model, opt, micro, guard, 4, 1.0)
     assert not all(torch.equal(p, after_good[n]) for n, p in model.named_parameters())
     guard.check()
 
@@ -206,10 +210,10 @@ class _SyncCounter:
 @pytest.mark.parametrize("kernels,compiled", [("torch", False), ("triton", False), ("torch", True)])
 def test_no_host_sync_in_a_non_log_step(monkeypatch, kernels, compiled):
     model, opt, micro, fwd = _micro_step_setup(kernels, compiled)
-    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
-    T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)  # warm-up: compile, optimizer state
+    guard = S.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    S.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)  # warm-up: compile, optimizer state
     counter = _SyncCounter(monkeypatch)
-    loss, gnorm = T.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
+    loss, gnorm = S.optimizer_step(fwd, model, opt, micro, guard, 2, 1.0)
     assert counter.calls == []
     loss.item()  # the test can fail: a sync is counted
     assert len(counter.calls) == 1 and counter.calls[0].startswith("item from")
@@ -222,14 +226,14 @@ def test_the_loop_reads_the_device_only_at_log_and_checkpoint_steps(tmp_path, da
     makes no host sync (syncs are counted per step, from the start of one optimizer step to the next)."""
     counter = _SyncCounter(monkeypatch)
     starts = []  # (step, syncs counted before it began)
-    real = T.optimizer_step
+    real = S.optimizer_step
 
     def marked(*args, **kw):
         starts.append((inspect.signature(real).bind(*args, **kw).arguments["step"], len(counter.calls)))
         return real(*args, **kw)
 
-    monkeypatch.setattr(T, "optimizer_step", marked)
-    T.train(_cfg(tmp_path / "run", dataset, gguf_path, "log.log_every=3", "log.eval_every=100",
+    monkeypatch.setattr(TR, "optimizer_step", marked)
+    L.train(_cfg(tmp_path / "run", dataset, gguf_path, "log.log_every=3", "log.eval_every=100",
                  "log.ckpt_every=100"))
     ends = [n for _, n in starts[1:]] + [len(counter.calls)]
     syncs = {step: end - begin for (step, begin), end in zip(starts, ends)}
@@ -241,19 +245,19 @@ def test_unfused_adamw_checks_every_step(monkeypatch):
     """Without fused AdamW the optimizer cannot skip on the device: the guard reads its flag before
     every update instead (a sync per step, stated in optim.fused's docs)."""
     model, opt, micro, fwd = _micro_step_setup(fused="false")
-    guard = T.NonFiniteGuard(torch.device("cpu"), "runs/none")
+    guard = S.NonFiniteGuard(torch.device("cpu"), "runs/none")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    real = T.forward_backward
-    monkeypatch.setattr(T, "forward_backward", lambda *a, **k: real(*a, **k) * float("nan"))
-    with pytest.raises(T.NonFiniteLoss, match="at step 1"):
-        T.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
+    real = S.forward_backward
+    monkeypatch.setattr(S, "forward_backward", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(S.NonFiniteLoss, match="at step 1"):
+        S.optimizer_step(fwd, model, opt, micro, guard, 1, 1.0)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 def test_config_errors_from_the_command_line(capsys):
-    assert T.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "optim.lerning_rate=1"]) == 2
+    assert CT.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "optim.lerning_rate=1"]) == 2
     assert "optim.lerning_rate: unknown key" in capsys.readouterr().err
-    assert T.main(["train.max_steps=ten"]) == 2
+    assert CT.main(["train.max_steps=ten"]) == 2
     assert "train.max_steps: expected an integer, got 'ten'" in capsys.readouterr().err
 
 
@@ -312,7 +316,7 @@ def test_log_lines_say_step_of_total_throughput_and_time_left(tmp_path, dataset,
         monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert sys.stderr.isatty() is terminal
     run = tmp_path / "run"
-    T.train(_cfg(run, dataset, gguf_path))  # 6 steps, a line every step, evaluations at 0, 3 and 6
+    L.train(_cfg(run, dataset, gguf_path))  # 6 steps, a line every step, evaluations at 0, 3 and 6
     out = capsys.readouterr().out
     eta = r"eta (\?|\d+s|\d+m\d\ds|\d+h\d\dm)"
     steps = [line for line in out.splitlines() if re.match(r"step +\d+/6 \| loss ", line)]
@@ -332,8 +336,8 @@ def test_log_lines_say_step_of_total_throughput_and_time_left(tmp_path, dataset,
 def test_one_training_loss_everywhere(tmp_path, dataset, gguf_path):
     """metrics.jsonl, checkpoint.json and samples report one training loss: the mean over the steps
     since the previous log line (here 3 steps), not the last step's alone."""
-    T.train(_cfg(tmp_path / "each", dataset, gguf_path))  # log_every 1: every step's own loss
-    T.train(_cfg(tmp_path / "every3", dataset, gguf_path, "log.log_every=3"))
+    L.train(_cfg(tmp_path / "each", dataset, gguf_path))  # log_every 1: every step's own loss
+    L.train(_cfg(tmp_path / "every3", dataset, gguf_path, "log.log_every=3"))
     each, every3 = _losses(tmp_path / "each"), _losses(tmp_path / "every3")
     assert sorted(every3) == [3, 6]
     for step in (3, 6):

@@ -1,0 +1,116 @@
+"""setup(): the Trainer of a run, from its config: processes and device, the run directory and its
+dataset, the model from the seed, the optimizer and schedule, then, when resuming, the checkpoint's
+state over them (smollm.training.resume), and the model wrapped for the step (parallel.parallelize)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import torch
+from tqdm import tqdm
+
+from smollm.checkpoint import load_checkpoint, resolve_resumable
+from smollm.data import BatchLoader
+from smollm.metrics import Console, Eta
+from smollm.model import SmolLM
+from smollm.runs import Run, release_lock
+from smollm.train_config import RunConfig
+from smollm.training.dataset import load_run_tokenizer, open_data
+from smollm.training.device import check_fits, pick_device, ran_dtype
+from smollm.training.optimizer import apply_mid_run_settings, make_optimizer, make_scheduler
+from smollm.training.parallel import Dist, init_distributed, parallelize
+from smollm.training.resume import restore, resume_changes
+from smollm.training.rundir import open_log, remove_created_dirs, start_run_dir
+from smollm.training.signals import StopSignal
+from smollm.training.step import NonFiniteGuard
+from smollm.training.trainer import Trainer
+
+
+def banner(cfg: RunConfig, run: Run, d: Dist, device: torch.device, n_params: int, resumed: str | None,
+           step: int) -> str:
+    """The run's first console line: the model, where it runs, the batch."""
+    T, B, A = cfg.data.seq_len, cfg.train.micro_batch, cfg.train.grad_accum
+    return (f"run {run.path}: {n_params:,} parameters, {cfg.model.kernels} kernels"
+            f"{', compiled' if cfg.model.compile else ''}, {device}, {d.world} process(es); "
+            f"{B} x {A} x {d.world} sequences of {T} per step = {B * A * d.world * T:,} tokens"
+            + (f"; resumed from {resumed} at step {step}" if resumed else ""))
+
+
+def open_remote(cfg: RunConfig):
+    """The log.remote store, checked writable now: a wrong bucket or bad credentials are one line at
+    start-up, before any training."""
+    from smollm.remote import check_writable, connect
+
+    store = connect(cfg.log.remote, cfg.log.remote_options)
+    check_writable(store)
+    return store
+
+
+def setup(cfg: RunConfig, resume: str | None) -> Trainer:
+    """The Trainer of cfg's run: its dataset (prepared on first use), the model from the seed, then,
+    when resuming, the checkpoint's weights, optimizer, scheduler and RNG states over it."""
+    d = init_distributed(cfg.train.device)
+    device = pick_device(cfg.train.device, d)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=ran_dtype(cfg, device)))
+    check_fits(cfg, device)
+    store = open_remote(cfg) if cfg.log.remote and d.main else None
+    ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
+    saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
+    changes = resume_changes(saved[2], cfg, ckpt) if saved else []
+    run, created = start_run_dir(cfg, d, resume)
+    try:
+        return _build(cfg, d, device, run, ckpt, saved, changes, store)
+    except BaseException:
+        if d.main:
+            release_lock(run.path)
+            remove_created_dirs(run.path, created)
+        raise
+
+
+def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes,
+           store) -> Trainer:
+    train_windows, val_windows = open_data(cfg, d)
+    console = Console(run.path if d.main else None)
+    tokenizer = load_run_tokenizer(cfg) if d.main else None
+
+    torch.manual_seed(cfg.train.seed)  # the initial weights, the same on every rank
+    model = SmolLM(cfg.model_config(), kernels=cfg.model.kernels).to(device)
+    model.train()
+    opt = make_optimizer(model, cfg, device)
+    sched = make_scheduler(opt, cfg)
+    state = None
+    if saved:
+        weights, state, _ = saved
+        restore(ckpt, weights, state, model, opt, sched, cfg, d)
+        if changes:
+            apply_mid_run_settings(opt, sched, cfg)
+            if d.main:
+                what = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)
+                console.say(f"resume: changed {what}; applied to the restored optimizer and schedule "
+                            f"(the next step's lr is {sched.get_last_lr()[0]:.3e})")
+    step = state.step if state else 0
+    fwd, ddp = parallelize(model, cfg, d, device)
+
+    log = None
+    if d.main:
+        log = open_log(cfg, run, step)
+        console.say(banner(cfg, run, d, device, model.config.n_params, ckpt, step))
+    # The bar only on a terminal: in a log file it is one endless line of carriage returns (the
+    # console's lines say the same, plainly).
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
+               disable=not d.main or not sys.stderr.isatty(), dynamic_ncols=True)
+    stopper = StopSignal()
+    loader = BatchLoader(train_windows, cfg.train.micro_batch * cfg.train.grad_accum, cfg.train.seed,
+                         start_step=step, rank=d.rank, world_size=d.world, device=device)
+    uploader = None
+    if store is not None:
+        from smollm.remote import Uploader
+
+        uploader = Uploader(run, store, cfg.log.keep_trainer_states, warn=lambda line: console.say(line, err=True))
+    return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
+                   loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
+                   guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
+                   eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
+                   tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
+                   last_val=state.last_val_loss if state else None)

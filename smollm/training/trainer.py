@@ -1,0 +1,217 @@
+"""The Trainer: one process's part of a run, built by smollm.training.build.setup, and what the loop
+does with it: a step, a log line, an evaluation, a checkpoint with its samples, the remote copy, the
+close. The loop itself: smollm.training.loop.train."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from smollm.checkpoint import TrainerState, latest_checkpoint, rng_states, save_checkpoint
+from smollm.data import BatchLoader, TokenWindows
+from smollm.metrics import Console, Eta, MetricsLog, format_duration, mfu, peak_memory_mb
+from smollm.model import SmolLM
+from smollm.runs import Run, release_lock
+from smollm.samples import add_samples, continuations
+from smollm.train_config import RunConfig
+from smollm.training.device import autocast, out_of_memory_is_config_error
+from smollm.training.evaluation import validation_loss
+from smollm.training.parallel import Dist
+from smollm.training.signals import StopSignal
+from smollm.training.step import NonFiniteGuard, optimizer_step
+
+
+@dataclass
+class Meter:
+    """What the next log line reports, gathered since the last one: steps, their summed loss (on the
+    device: adding to it costs no host sync) and the time spent training (evaluations and
+    checkpoints left out)."""
+
+    loss_sum: torch.Tensor  # ()
+    steps: int = 0
+    busy: float = 0.0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+
+    def mean(self) -> float:
+        """The mean loss of the steps since the last log line (a host sync)."""
+        return self.loss_sum.item() / self.steps
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.steps, self.busy = 0, 0.0
+
+
+@dataclass
+class Trainer:
+    """One process's part of a run, built by setup(). Every rank steps; rank 0 alone (d.main) has a
+    tokenizer and a metrics log, evaluates and writes checkpoints."""
+
+    cfg: RunConfig
+    run: Run
+    d: Dist
+    device: torch.device
+    model: SmolLM
+    fwd: torch.nn.Module  # what a step calls: the model, under DDP and/or compiled
+    ddp: torch.nn.Module | None
+    opt: torch.optim.AdamW
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loader: BatchLoader
+    val_windows: TokenWindows | None
+    tokenizer: object | None
+    log: MetricsLog | None
+    guard: NonFiniteGuard
+    stopper: StopSignal
+    bar: tqdm
+    console: Console
+    eta: Eta  # the time left to train.max_steps, in every log line (with or without the bar)
+    uploader: object | None = None  # smollm.remote.Uploader of log.remote (rank 0)
+    step: int = 0  # optimizer steps done
+    tokens: int = 0
+    aborted: bool = False  # by a second Ctrl-C
+    # The training loss a run reports (metrics.jsonl, checkpoint.json, samples.md): the mean over the
+    # steps since the previous log line, as of the latest step the host read.
+    last_loss: float | None = None
+    last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+
+    def amp(self):
+        """The autocast context of one micro-batch's forward."""
+        return autocast(self.device, self.cfg)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.micro_batch * self.cfg.train.grad_accum * self.d.world * self.cfg.data.seq_len
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step on the next batch: (loss, gradient norm) on the device, and its LR."""
+        B, A = self.cfg.train.micro_batch, self.cfg.train.grad_accum
+        block = next(self.loader)  # (A * B, T)
+        micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
+        lr = self.sched.get_last_lr()[0]
+        with out_of_memory_is_config_error(self.cfg, self.device):
+            loss, gnorm = optimizer_step(self.fwd, self.model, self.opt, micro, self.guard, self.step + 1,
+                                         self.cfg.optim.grad_clip, self.ddp, self.d.world, self.amp)
+        self.sched.step()
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        self.eta.stepped(self.step)
+        self.bar.update(1)
+        return loss, gnorm, lr
+
+    def stop_requested(self, sync_step: bool) -> str | None:
+        """The signal that asked to stop after this step, or None. Under DDP every rank must stop at
+        the same step: they agree by an all-reduce, only at the steps where they sync anyway."""
+        reason = self.stopper.requested
+        if self.d.world == 1:
+            return reason
+        if not sync_step:
+            return None
+        flag = torch.tensor([reason is not None], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return reason or ("signal on another rank" if flag.item() else None)
+
+    def at_step(self) -> str:
+        """'step  120/300': how far the run is, at the head of each of its console lines (the
+        progress bar is only on a terminal; a log file or a pipe has these lines alone)."""
+        total = self.cfg.train.max_steps
+        return f"step {self.step:>{len(str(total))}}/{total}"
+
+    def log_line(self, meter: Meter, lr: float, gnorm: torch.Tensor) -> None:
+        """The metrics of the steps since the last line (then meter starts over)."""
+        tps = meter.steps * self.tokens_per_step / meter.busy
+        u = mfu(tps, self.model.config, self.cfg.data.seq_len, self.device)
+        eta = self.eta.seconds_left(self.step)
+        # loss: the mean of the steps since the last line (the same as the step's with log_every 1)
+        record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "lr": lr,
+                  "grad_norm": gnorm.item(), "tokens_per_s": tps, "mfu": u, "peak_mem_mb": peak_memory_mb(self.device),
+                  "seconds_per_step": meter.busy / meter.steps, "eta_s": eta}
+        meter.reset()
+        if not self.d.main:
+            return
+        self.log.write(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{tps:,.0f}")
+        self.console.say(f"{self.at_step()} | loss {record['loss']:.4f} | lr {lr:.2e} | grad norm "
+                         f"{gnorm.item():.3f} | {tps:,.0f} tok/s | eta {format_duration(eta)}"
+                         + (f" | MFU {u:.1%}" if u is not None else "") + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
+
+    def evaluate(self) -> None:
+        """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
+        if not self.d.main or self.val_windows is None:
+            return
+        v = validation_loss(self.model, self.val_windows, self.cfg, self.device)
+        self.model.train()
+        self.last_val = (self.step, v)
+        self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
+        self.console.say(f"{self.at_step()} | val loss {v:.4f}")
+
+    def state(self) -> TrainerState:
+        """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
+        c = self.cfg
+        return TrainerState(step=self.step, tokens=self.tokens, seed=c.train.seed, world_size=self.d.world,
+                            micro_batch=c.train.micro_batch, grad_accum=c.train.grad_accum,
+                            optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states(),
+                            last_loss=self.last_loss, last_val_loss=self.last_val)
+
+    def save(self) -> None:
+        """A checkpoint of this step, then the fixed prompts continued by its weights (rank 0)."""
+        if not self.d.main:
+            return
+        c = self.cfg
+        if os.path.isdir(self.run.checkpoint(self.step)):  # resumed from an earlier checkpoint than this one
+            self.console.say(f"note: replacing {self.run.checkpoint(self.step)}, written before this run was resumed "
+                             f"from an earlier step")
+        path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
+                               keep_trainer_states=c.log.keep_trainer_states)
+        s = c.sample
+        texts = continuations(self.model, self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
+        self.model.train()
+        val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
+        add_samples(self.run.path, {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
+                                    "val_loss": val, "prompts": s.prompts, "texts": texts}, self.run.title)
+        self.console.say(f"checkpoint {path}")
+        if self.uploader is not None:
+            self.uploader.sync()  # in the background: the next step does not wait for it
+
+    def summary(self, stopped: str | None) -> dict:
+        return {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
+                "val_loss": self.last_val[1] if self.last_val else None, "stopped": stopped, "run_dir": self.run.path}
+
+    def close(self) -> None:
+        self.loader.close()
+        self.stopper.restore()
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        if self.uploader is not None and not self.aborted:
+            self.finish_upload()
+        self.console.close()
+        if self.d.main:
+            release_lock(self.run.path)
+
+    def finish_upload(self) -> None:
+        """The last upload pass (the final checkpoint, the run's files), awaited for log.remote_wait
+        seconds at most, also after a stop by signal; what did not make it is said."""
+        wait = self.cfg.log.remote_wait
+        self.uploader.sync()
+        missing = self.uploader.close(timeout=wait)
+        url = self.cfg.log.remote
+        if missing:
+            self.console.say(f"warning: remote: not uploaded to {url} after waiting {wait:g} s: {', '.join(missing)} "
+                             f"(they are in {self.run.checkpoints}); run train.py --resume {self.run.path} to "
+                             f"upload them", err=True)
+        elif self.uploader.error:
+            self.console.say(f"warning: remote: the run's files are not all in {url} ({self.uploader.error})",
+                             err=True)
+        else:
+            self.console.say(f"remote: {url} holds the run up to {_latest_name(self.run)}")
+
+
+def _latest_name(run: Run) -> str:
+    ckpt = latest_checkpoint(run.path)
+    return os.path.basename(ckpt) if ckpt else "no checkpoint"
