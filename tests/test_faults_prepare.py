@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from smollm.files import atomic_write_json
-from smollm.prepare import _new_meta, main
-from smollm.tokenize_worker import is_val
+from smollm.cli.prepare import main
+from smollm.prepare.shards import new_meta
+from smollm.prepare.worker import is_val
 from test_prepare import DOCS, _expected, _jsonl, _run, _stream
 
 
@@ -64,7 +65,7 @@ def test_killed_before_its_first_commit_resumes(tmp_path, tokenizer):
     src = [_jsonl(tmp_path / "a.jsonl", DOCS)]
     _run(src, tmp_path / "whole", tokenizer)
     (tmp_path / "ds").mkdir()  # the state a kill during the first shard leaves: meta.json of no commit
-    atomic_write_json(str(tmp_path / "ds" / "meta.json"), _new_meta(tokenizer, None, src, 0.2, 300))
+    atomic_write_json(str(tmp_path / "ds" / "meta.json"), new_meta(tokenizer, None, src, 0.2, 300))
     (tmp_path / "ds" / ".tmp-abc123").write_bytes(b"half a shard")
     _run(src, tmp_path / "ds", tokenizer)
     whole, ds = (json.loads((tmp_path / d / "meta.json").read_text()) for d in ("whole", "ds"))
@@ -201,7 +202,7 @@ def test_unreadable_file(cli, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", path)
         return open(name, *args, **kw)
 
-    monkeypatch.setattr("smollm.prepare.open", denied, raising=False)
+    monkeypatch.setattr("smollm.prepare.sources.open", denied, raising=False)
     _one_line_error(*cli("--source", path), f"{path}: Permission denied")
     assert not (tmp_path / "new").exists()
 

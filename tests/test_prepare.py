@@ -6,7 +6,7 @@ import pytest
 
 from smollm.data import TokenWindows, open_shard, shard_paths
 from smollm.prepare import parse_count, prepare, stdlib_files
-from smollm.tokenize_worker import is_val
+from smollm.prepare.worker import is_val
 
 DOCS = [f"Document {i}: " + " ".join(f"word{j} {i * j}" for j in range(i % 17 + 3)) + ("\n    def f(x): return x" * (i % 3))
         for i in range(120)] + ["Unicode: café, naïve, 日本語, emoji 🎉", "   ", "last one"]
@@ -190,7 +190,7 @@ def test_hf_hub_unreachable_is_a_clear_error(tmp_path, tokenizer):
 
 
 def test_split_by_chars_keeps_every_document_in_order():
-    from smollm.tokenize_worker import _split_by_chars
+    from smollm.prepare.worker import _split_by_chars
 
     for texts in (["a" * 10, "b", "c" * 5, "", "d" * 30], ["x"], ["", ""], [str(i) * i for i in range(40)]):
         for parts in (1, 2, 3, 8, 50):

@@ -1,5 +1,6 @@
-"""What runs in prepare's worker processes. Kept apart from smollm.prepare so that a worker needs
-only numpy and tokenizers (not torch)."""
+"""What runs in prepare's worker processes. It imports only numpy and tokenizers, not the rest of the
+package (torch, through smollm.data): a spawned worker imports this module, and with it the package's
+__init__, which imports nothing until a name is used."""
 
 import hashlib
 import itertools
@@ -26,7 +27,7 @@ def init_worker(tokenizer_json: str, threads: int):
     child forked from a parent that has already encoded in parallel (any batched `tok(...)` call)
     silently falls back to one thread. Plain threads started here work whatever the parent did."""
     global _worker_tok, _worker_threads
-    # Ctrl-C reaches the whole process group: the main process stops the workers (prepare._stop_pool),
+    # Ctrl-C reaches the whole process group: the main process stops the workers (pool._stop_pool),
     # which finish their batch; one killed mid-batch by the signal would leave its result missing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one Rust thread per call; we bring the threads
