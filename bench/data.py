@@ -24,7 +24,8 @@ A10G_TOKENS_PER_S = 45_000  # what the A10G training run consumes: the loader mu
 
 def measure(args, st: Stamp) -> list[Row]:
     from smollm.data import TokenWindows
-    from smollm.prepare import iter_stdlib, prepare
+    from smollm.prepare.run import prepare
+    from smollm.prepare.sources import iter_stdlib
     from smollm.tokenizer import load_tokenizer
 
     tok = load_tokenizer()

@@ -59,7 +59,7 @@ def train_once(args, data: str, out: str, env: dict, remote: list[str]) -> dict:
 
 
 def measure(args, st: Stamp) -> list[Row]:
-    from smollm.prepare import prepare
+    from smollm.prepare.run import prepare
 
     # A local server's throwaway credentials, where boto looks: this process's environment (it makes the
     # bucket) and the training processes'.

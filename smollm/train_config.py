@@ -146,7 +146,7 @@ class RunConfig:
         need(self.schedule.warmup_steps >= 0, "schedule.warmup_steps", self.schedule.warmup_steps, "must be >= 0")
         need(0 <= self.data.val_fraction < 1, "data.val_fraction", self.data.val_fraction, "must be in [0, 1)")
         if self.data.tokens is not None:
-            from smollm.prepare import parse_count
+            from smollm.prepare.counts import parse_count
 
             try:
                 budget = parse_count(self.data.tokens)

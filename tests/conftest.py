@@ -158,7 +158,7 @@ MICRO_MODEL = ("model.overrides={hidden_size: 64, num_hidden_layers: 2, num_atte
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, tokenizer):
     """Shards of the first stdlib files, with a validation split big enough to evaluate."""
-    from smollm.prepare import prepare
+    from smollm.prepare.run import prepare
 
     out = str(tmp_path_factory.mktemp("data") / "stdlib")
     prepare(["stdlib"], out, tokenizer=tokenizer, max_tokens=80_000, val_fraction=0.25, shard_tokens=30_000,

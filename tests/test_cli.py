@@ -30,7 +30,8 @@ def _run(*argv: str) -> tuple[subprocess.CompletedProcess, set[str], list[str]]:
 
 
 @pytest.mark.parametrize("argv", [["train.py", "--help"], ["train.py", "plot", "--help"],
-                                  ["train.py", "export", "--help"], ["generate.py", "--help"], ["app.py", "--help"]])
+                                  ["train.py", "export", "--help"], ["generate.py", "--help"], ["app.py", "--help"],
+                                  ["-m", "smollm.prepare", "--help"]])
 def test_help_answers_before_the_heavy_imports(argv):
     r, imported, other = _run(*argv)
     assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout + "\n".join(other)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from smollm.data import TokenWindows, open_shard, shard_paths
-from smollm.prepare import parse_count, prepare, stdlib_files
+from smollm.prepare.counts import parse_count
+from smollm.prepare.run import prepare
+from smollm.prepare.sources import stdlib_files
 from smollm.prepare.worker import is_val
 
 DOCS = [f"Document {i}: " + " ".join(f"word{j} {i * j}" for j in range(i % 17 + 3)) + ("\n    def f(x): return x" * (i % 3))

@@ -1,6 +1,6 @@
 import pytest
 
-from smollm.prepare import parse_count
+from smollm.prepare.counts import parse_count
 from smollm.train_config import ConfigError, RunConfig, apply_overrides, load_config
 
 

@@ -8,7 +8,8 @@ import argparse
 import sys
 
 from smollm.errors import error_line
-from smollm.prepare import HF_CONFIG, HF_DATASET, parse_count
+from smollm.prepare.counts import parse_count
+from smollm.prepare.sources import HF_CONFIG, HF_DATASET
 
 
 class _UsageError(Exception):
@@ -69,7 +70,7 @@ def _main(argv) -> int:
                 p.error(f"{flag}: {e}")
             if counts[flag] < 1:
                 p.error(f"{flag} must be at least 1, got {value!r}")
-    from smollm.prepare import prepare  # after parsing: it imports numpy and torch (smollm.data)
+    from smollm.prepare.run import prepare  # after parsing: it imports numpy and torch (smollm.data)
 
     meta = prepare(args.source, args.out, tokenizer_name=args.tokenizer, column=args.column,
                    max_tokens=counts.get("--tokens"), shard_tokens=counts["--shard-tokens"],

@@ -16,42 +16,7 @@ Modules: sources.py (reading corpora), shards.py (meta.json and the shard writer
 tokenizing pool), worker.py (what the worker processes run), run.py (prepare() itself: resume or
 start, finish, undo), counts.py (parse_count).
 
-This module imports none of its submodules: each name below is loaded from its module on first use.
-A spawned worker imports smollm.prepare.worker, and so this module first; importing run.py here would
-give every worker torch (through smollm.data) and the rest. The command's --help stays fast for the
-same reason. The submodules import each other directly, never this module.
+Import each name from its module (smollm.prepare.run.prepare, ...): this module imports none of
+them, since a spawned worker imports smollm.prepare.worker, and so this module first; importing
+run.py here would give every worker torch (through smollm.data) and the rest.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-_PUBLIC = {  # name -> the module of this package that defines it
-    "prepare": "run",
-    "parse_count": "counts",
-    "tokenizer_fingerprint": "shards",
-    "stdlib_files": "sources",
-    "iter_stdlib": "sources",
-    "HF_DATASET": "sources",
-    "HF_CONFIG": "sources",
-}
-__all__ = sorted(_PUBLIC)
-
-if TYPE_CHECKING:
-    from smollm.prepare.counts import parse_count
-    from smollm.prepare.run import prepare
-    from smollm.prepare.shards import tokenizer_fingerprint
-    from smollm.prepare.sources import HF_CONFIG, HF_DATASET, iter_stdlib, stdlib_files
-
-
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    globals()[name] = value  # loaded once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))

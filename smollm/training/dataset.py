@@ -14,7 +14,8 @@ def ensure_dataset(cfg: RunConfig) -> dict:
     """The shards at data.path; prepared first (from data.source) when there are none yet. A finished
     dataset is used as it is: where data.source, data.tokens or data.val_fraction say otherwise, a
     note says so (they are what a new preparation would use)."""
-    from smollm.prepare import parse_count, prepare
+    from smollm.prepare.counts import parse_count
+    from smollm.prepare.run import prepare
 
     path = cfg.data.path
     budget = parse_count(cfg.data.tokens) if cfg.data.tokens else None
@@ -55,7 +56,7 @@ def open_data(cfg: RunConfig, d: Dist) -> tuple[TokenWindows, TokenWindows | Non
 
 def load_run_tokenizer(cfg: RunConfig):
     """data.tokenizer, which the samples are decoded with: it must be the one data.path was prepared with."""
-    from smollm.prepare import tokenizer_fingerprint
+    from smollm.prepare.shards import tokenizer_fingerprint
     from smollm.tokenizer import load_tokenizer
 
     meta = read_meta(cfg.data.path)
