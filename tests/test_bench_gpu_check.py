@@ -230,6 +230,22 @@ def test_results_file_names_the_device_by_its_model(name, slug):
     assert results.results_path("out", "gpu_check", name, "jsonl") == os.path.join("out", f"gpu_check_{slug}.jsonl")
 
 
+def test_publish_ends_a_benchmark(tmp_path, capsys):
+    # Every main() that writes its record at the end ends here: the rows and the Markdown written, the Markdown
+    # printed, what failed on stderr (unless the Markdown lists it already), exit 1 if anything failed.
+    st = results.Stamp("demo", "cpu (2 cores)", "abc1234", {"torch": "t", "triton": "tr", "python": "p"})
+    rows = [st.row({"op": "x"}, {"ms": 1.0}), st.summary(["a headline"])]
+    assert results.publish(str(tmp_path / "ok"), rows, "# demo\n") == 0
+    assert capsys.readouterr() == ("# demo\n\n", "")
+    written = results.read_rows(str(tmp_path / "ok" / "demo_cpu.jsonl"))
+    assert [r.to_json() for r in written] == [r.to_json() for r in rows]
+    assert (tmp_path / "ok" / "demo_cpu.md").read_text() == "# demo\n"
+    assert results.publish(str(tmp_path / "bad"), rows, "# demo", iter(["x spilled", "y failed"])) == 1
+    assert capsys.readouterr() == ("# demo\n", "FAIL x spilled\nFAIL y failed\n")
+    assert results.publish(str(tmp_path / "bad"), rows, "# demo", ["z"], echo_failures=False) == 1
+    assert capsys.readouterr() == ("# demo\n", "")
+
+
 def test_import_pulls_in_no_heavy_module():
     # Every module of the package (cli imports the rest); the package alone imports not even torch, so that
     # its START, the budget's beginning, comes before the imports as it did when the check was one file.
