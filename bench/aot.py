@@ -18,7 +18,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, stamp, write_rows  # noqa: E402
+from bench.results import RESULTS_DIR, Row, cli, headlines_md, provenance_md, publish, stamp  # noqa: E402
 from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu  # noqa: E402
 from smollm.config import get_preset  # noqa: E402
 
@@ -142,13 +142,7 @@ def main(argv=None):
     st = stamp("aot", "cpu")
     rows = compile_all(st)
     rows.append(st.summary(headlines(rows), targets=list(TARGETS)))
-    md = to_markdown(rows)
-    write_rows(args.out, rows, md)
-    print(md)
-    bad = failures(rows)
-    for line in bad:
-        print("FAIL", line, file=sys.stderr)
-    return 1 if bad else 0
+    return publish(args.out, rows, to_markdown(rows), failures(rows))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 
 from bench.measure import peak_extra_bytes
-from bench.results import RESULTS_DIR, ROOT, Row, cli, headlines_md, provenance_md, stamp, write_rows
+from bench.results import RESULTS_DIR, ROOT, Row, cli, headlines_md, provenance_md, publish, stamp
 from smollm.config import get_preset
 
 MiB = 2 ** 20
@@ -139,10 +139,7 @@ def main(argv=None):
             "seconds_naive": rows["naive"]["seconds"], "seconds_fused": rows["fused"]["seconds"],
         }))
     results.append(st.summary(headlines(results), **params))
-    md = to_markdown(results)
-    write_rows(args.out, results, md)
-    print(md)
-    return 0
+    return publish(args.out, results, to_markdown(results))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def peak_extra_bytes(fn, device: torch.device) -> int:
     return peak
 
 
-# ---- the device's own ceilings and memory bookkeeping (bench/gpu_check.py); every device branch here ----
+# ---- the device's own ceilings and memory bookkeeping (bench/gpu_check); every device branch here ----
 
 def gemm_tflop_s(n: int, dtype: torch.dtype, device: torch.device) -> dict:
     """Median time and TFLOP/s of torch.mm of two n x n matrices (2 n^3 FLOPs)."""

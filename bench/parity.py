@@ -61,7 +61,7 @@ def cases(tokens: int, device: str):
 
 
 def measure(tokens: int, device: str) -> list[dict]:
-    """One dict per (op, dtype, tensor): its labels and errors (bench/gpu_check.py reads these too)."""
+    """One dict per (op, dtype, tensor): its labels and errors (bench/gpu_check/parity.py reads these too)."""
     rows = []
     for name, labels, fused, reference, inputs, out_weights in cases(tokens, device):
         for dtype in (torch.float32, torch.bfloat16):

@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench.results import (RESULTS_DIR, ROOT, Row, cli, headlines, headlines_md, provenance_md, read_rows, results_path,
-                           stamp, write_rows)
+                           publish, stamp)
 from smollm.files import atomic_path
 
 
@@ -135,10 +135,8 @@ def main(argv=None):
         if os.path.isfile(md_path):
             with open(md_path) as f:
                 lines += [demote(f.read()), ""]
-    md = "\n".join(lines)
-    write_rows(args.out, rows, md)
-    print(md)
-    return 0 if not failed else 1
+    # the failed steps are listed in the Markdown (## Failed): not again on stderr
+    return publish(args.out, rows, "\n".join(lines), [r.parameters["command"] for r in failed], echo_failures=False)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from smollm.files import atomic_write_text, read_jsonl
 
@@ -188,11 +189,18 @@ def write_rows(out_dir: str, rows: list[Row], md: str) -> str:
     return jsonl
 
 
-def publish(out_dir: str, rows: list[Row], md: str) -> int:
-    """The end of every benchmark's main(): its rows written (write_rows), its Markdown printed."""
+def publish(out_dir: str, rows: list[Row], md: str, failures: Sequence[str] = (), *, echo_failures: bool = True) -> int:
+    """The end of every benchmark's main() that writes its record at the end: its rows written (write_rows), its
+    Markdown printed, then each of `failures` (what failed, a line each) on stderr as "FAIL <line>" unless
+    echo_failures is off (a Markdown that lists them already); returns the exit status: 1 if anything failed,
+    else 0. (bench/gpu_check, which records each row as it is measured, ends through its Recorder.)"""
+    failures = list(failures)
     write_rows(out_dir, rows, md)
     print(md)
-    return 0
+    if echo_failures:
+        for line in failures:
+            print("FAIL", line, file=sys.stderr)
+    return 1 if failures else 0
 
 
 def cli(doc: str) -> argparse.ArgumentParser:
@@ -202,7 +210,7 @@ def cli(doc: str) -> argparse.ArgumentParser:
 
 def append_row(path: str, row: Row) -> None:
     """One row at the end of a .jsonl, flushed and fsynced: for a run that records as it goes
-    (bench/gpu_check.py), so whatever kills it, every row before is on disk."""
+    (bench/gpu_check), so whatever kills it, every row before is on disk."""
     with open(path, "a") as f:
         f.write(row.to_json() + "\n")
         f.flush()

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the GPU check, run on the CPU: every branch that does not need a GPU runs here, end
+"""bench/gpu_check/, the GPU check, run on the CPU: every branch that does not need a GPU runs here, end
 to end, at tiny sizes (one layer of the tiny preset, 2 x 32 tokens, one timed step). Its record is
 bench/results' convention: gpu_check_<device-slug>.jsonl of Rows, the summary row last, and a .md."""
 
@@ -13,7 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `pytest` (not `python -m pytest`) puts tests/ first, not the repository
     sys.path.insert(0, ROOT)
 
-from bench import gpu_check, results  # noqa: E402
+from bench import results  # noqa: E402
+from bench.gpu_check import cli, plan, profiling, render, runner  # noqa: E402
+from bench.gpu_check import ops as ops_section  # noqa: E402
 from conftest import file_tree  # noqa: E402
 
 TINY = ["--preset", "tiny", "--layers", "1", "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "1",
@@ -55,7 +57,7 @@ def test_check_end_to_end_on_cpu(tmp_path):
         assert all(r.get(k) for k in STAMP), r
         assert r["device"].startswith("cpu (")
         assert r["status"] in ("ok", "skipped"), r
-    for sec, title in gpu_check.SECTIONS.items():
+    for sec, title in plan.SECTIONS.items():
         assert (f"## ({sec}) {title}" in md) == (sec != "e")
     assert "## Headlines" in md and "**error**" not in md
 
@@ -63,7 +65,7 @@ def test_check_end_to_end_on_cpu(tmp_path):
     assert gemm["status"] == copy["status"] == "ok" and gemm["tflop_s"] > 0 and copy["gb_s"] > 0
 
     train = {r["name"]: r for r in rows if r["section"] == "b"}
-    assert list(train) == [name for name, _, _ in gpu_check.TRAIN_ROWS]
+    assert list(train) == [name for name, _, _ in plan.TRAIN_ROWS]
     tri = train["ours, triton path, compiled"]
     assert tri["status"] == "ok" and math.isfinite(tri["loss"]) and tri["note"].startswith("CPU")
     assert tri["tokens_per_s"] > 0 and tri["mfu_measured"] > 0 and tri["mfu_nominal"] is None
@@ -72,7 +74,7 @@ def test_check_end_to_end_on_cpu(tmp_path):
 
     (prof,) = [r for r in rows if r["section"] == "c"]
     assert prof["status"] == "ok" and prof["model"].startswith("the compiled triton-path model")
-    for family in gpu_check.OUR_FAMILIES:
+    for family in plan.OUR_FAMILIES:
         assert prof["families"][family]["ms"] > 0, prof["families"]
     assert abs(sum(f["share"] for f in prof["families"].values()) - 1) < 1e-6
     assert len(prof["top"]) == 15 and "cross-entropy (ours)" in md
@@ -88,24 +90,24 @@ def test_check_end_to_end_on_cpu(tmp_path):
 
     summary = read_record(tmp_path)[0][-1]
     assert summary.metrics["rows"] == len(rows) and summary.metrics["errors"] == 0
-    assert summary.headlines == gpu_check.headlines(rows) and all(f"- {h}" in md for h in summary.headlines)
+    assert summary.headlines == render.headlines(rows) and all(f"- {h}" in md for h in summary.headlines)
 
 
 def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     # An op that does not exist fails while its inputs are built; the op after it and section (e) still
     # run. pytest "missing" (as on a bare GPU machine): (e) falls back to bench/parity.py in-process.
     # (c) without (b): the profile builds its own eager triton-path model.
-    monkeypatch.setattr(gpu_check, "installed", lambda module: module not in ("pytest", "liger_kernel"))
-    extra = [op for op in gpu_check.EXTRA_OPS if hasattr(gpu_check.K, op)][:1] or ["rmsnorm"]
-    code = gpu_check.main(["--out", str(tmp_path), "--sections", "e", "d", "c", "--ops", "bogus", *extra, *TINY,
-                           "--op-tokens", "64", "--parity-tokens", "16", "--budget-s", "3000"])
+    monkeypatch.setattr(runner, "installed", lambda module: module not in ("pytest", "liger_kernel"))
+    extra = [op for op in plan.EXTRA_OPS if hasattr(ops_section.K, op)][:1] or ["rmsnorm"]
+    code = cli.main(["--out", str(tmp_path), "--sections", "e", "d", "c", "--ops", "bogus", *extra, *TINY,
+                     "--op-tokens", "64", "--parity-tokens", "16", "--budget-s", "3000"])
     assert code == 1
     rows, md = read_rows(tmp_path)
     order = [r["section"] for r in rows]
     assert order == sorted(order, key="edc".index) and order[-1] == "c"  # sections run in the flag's order
     (prof,) = [r for r in rows if r["section"] == "c"]
     assert prof["status"] == "ok" and prof["model"].startswith("an eager triton-path model")
-    assert all(prof["families"][f]["ms"] > 0 for f in gpu_check.OUR_FAMILIES)
+    assert all(prof["families"][f]["ms"] > 0 for f in plan.OUR_FAMILIES)
     (bad,) = [r for r in rows if r["status"] == "error"]
     assert bad["name"] == "bogus" and bad["reason"].startswith("ValueError: unknown op 'bogus'") and bad["traceback"]
     after = [r for r in rows if r["section"] == "d" and r.get("op") == extra[0]]
@@ -115,7 +117,7 @@ def test_failing_row_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     assert probe["name"] == "fp32-output GEMM probe" and probe["status"] == "ok" and probe["probe_ok"] is False
     assert probe["note"].startswith("CPU") and probe["fallback_ms"] > 0 and probe["bf16_gemm_ms"] > 0
     assert probe["chunks_per_step"] == 1 and probe["chunk_rows"] == 2 * 32
-    assert "unavailable (CPU): training uses the fallback" in md and "probe" not in " ".join(gpu_check.headlines(rows))
+    assert "unavailable (CPU): training uses the fallback" in md and "probe" not in " ".join(render.headlines(rows))
     assert parity[0]["status"] == "skipped" and parity[0]["reason"].startswith("pytest not installed")
     errs = {r["name"]: r["max_abs_err"] for r in parity if "max_abs_err" in r}
     ops = ("rms_norm", "add_rms_norm", "rope", "swiglu", "swiglu_packed", "linear_cross_entropy")  # every kernel
@@ -130,11 +132,11 @@ def test_parity_tests_run_under_pytest(tmp_path):
     (tests / "test_pass.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
     (tests / "test_fail.py").write_text("def test_c():\n    assert 1 == 2\n")
     args = ["--sections", "e", "--parity", "pytest", "--budget-s", "300"]
-    assert gpu_check.main(["--out", str(tmp_path / "ok"), *args, "--parity-tests", str(tests / "test_pass.py")]) == 0
+    assert cli.main(["--out", str(tmp_path / "ok"), *args, "--parity-tests", str(tests / "test_pass.py")]) == 0
     probe, row = read_rows(tmp_path / "ok")[0]
     assert probe["name"] == "fp32-output GEMM probe"
     assert row["status"] == "ok" and row["returncode"] == 0 and "2 passed" in row["summary"]
-    assert gpu_check.main(["--out", str(tmp_path / "bad"), *args, "--parity-tests", str(tests)]) == 1
+    assert cli.main(["--out", str(tmp_path / "bad"), *args, "--parity-tests", str(tests)]) == 1
     _, row = read_rows(tmp_path / "bad")[0]
     assert row["status"] == "error" and "1 failed, 2 passed" in row["reason"]
 
@@ -144,12 +146,12 @@ def test_zero_budget_skips_every_row_and_still_writes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows, md = read_rows(tmp_path)
     order = list(dict.fromkeys(r["section"] for r in rows))
-    assert order == gpu_check.DEFAULT_ORDER and order[:2] == ["e", "b"]  # correctness, then the training rows
-    assert set(order) == set(gpu_check.SECTIONS)
+    assert order == plan.DEFAULT_ORDER and order[:2] == ["e", "b"]  # correctness, then the training rows
+    assert set(order) == set(plan.SECTIONS)
     assert rows and all(r["status"] == "skipped" and r["reason"].startswith("time budget") for r in rows)
     assert all(all(r.get(k) for k in STAMP) for r in rows)
     assert md.count("skipped: time budget") == len(rows)
-    for sec, title in gpu_check.SECTIONS.items():
+    for sec, title in plan.SECTIONS.items():
         assert f"## ({sec}) {title}" in md
 
 
@@ -206,11 +208,11 @@ def test_row_overrunning_the_budget_is_stopped_and_written(tmp_path):
     ("aten::fill_", "other"), ("aten::copy_", "other"),
 ])
 def test_op_family(name, family):
-    assert gpu_check.op_family(name) == family
+    assert profiling.op_family(name) == family
 
 
 def test_summarize_profile():
-    s = gpu_check.summarize_profile([("aten::mm", 600.0, 3), ("_rope_kernel", 300.0, 2), ("aten::fill_", 100.0, 1)],
+    s = profiling.summarize_profile([("aten::mm", 600.0, 3), ("_rope_kernel", 300.0, 2), ("aten::fill_", 100.0, 1)],
                                     top=2)
     assert s["total_ms"] == 1.0
     assert [t["name"] for t in s["top"]] == ["aten::mm", "_rope_kernel"] and s["top"][0]["share"] == 0.6
@@ -228,19 +230,39 @@ def test_results_file_names_the_device_by_its_model(name, slug):
     assert results.results_path("out", "gpu_check", name, "jsonl") == os.path.join("out", f"gpu_check_{slug}.jsonl")
 
 
+def test_publish_ends_a_benchmark(tmp_path, capsys):
+    # Every main() that writes its record at the end ends here: the rows and the Markdown written, the Markdown
+    # printed, what failed on stderr (unless the Markdown lists it already), exit 1 if anything failed.
+    st = results.Stamp("demo", "cpu (2 cores)", "abc1234", {"torch": "t", "triton": "tr", "python": "p"})
+    rows = [st.row({"op": "x"}, {"ms": 1.0}), st.summary(["a headline"])]
+    assert results.publish(str(tmp_path / "ok"), rows, "# demo\n") == 0
+    assert capsys.readouterr() == ("# demo\n\n", "")
+    written = results.read_rows(str(tmp_path / "ok" / "demo_cpu.jsonl"))
+    assert [r.to_json() for r in written] == [r.to_json() for r in rows]
+    assert (tmp_path / "ok" / "demo_cpu.md").read_text() == "# demo\n"
+    assert results.publish(str(tmp_path / "bad"), rows, "# demo", iter(["x spilled", "y failed"])) == 1
+    assert capsys.readouterr() == ("# demo\n", "FAIL x spilled\nFAIL y failed\n")
+    assert results.publish(str(tmp_path / "bad"), rows, "# demo", ["z"], echo_failures=False) == 1
+    assert capsys.readouterr() == ("# demo\n", "")
+
+
 def test_import_pulls_in_no_heavy_module():
-    code = f"import bench.gpu_check, sys; print([m for m in {HEAVY!r} if m in sys.modules])"
+    # Every module of the package (cli imports the rest); the package alone imports not even torch, so that
+    # its START, the budget's beginning, comes before the imports as it did when the check was one file.
+    code = ("import sys, bench.gpu_check as g; bare = 'torch' in sys.modules; import importlib, pkgutil; "
+            "[importlib.import_module('bench.gpu_check.' + m.name) for m in pkgutil.iter_modules(g.__path__)]; "
+            f"print(bare, sorted(sys.modules.keys() & {{*{HEAVY!r}}}), 'bench.gpu_check.cli' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert proc.stdout.strip().splitlines()[-1] == "False [] True"
 
 
 def test_gpu_defaults():
-    a = gpu_check.parse_args([], gpu=True)
+    a = cli.parse_args([], gpu=True)
     assert (a.gemm_n, a.copy_mib, a.preset, a.batch, a.seq, a.steps, a.op_tokens, a.budget_s) == (
         8192, 1024, "smollm2-135m", 16, 1024, 10, 16384, 450.0)
-    assert a.sections == gpu_check.DEFAULT_ORDER and a.ops is None and a.parity == "auto"
+    assert a.sections == plan.DEFAULT_ORDER and a.ops is None and a.parity == "auto"
 
 
 def test_profiled_times_gpu_branch_reads_real_profiler_fields():
@@ -253,8 +275,8 @@ def test_profiled_times_gpu_branch_reads_real_profiler_fields():
         torch.ones(64, 64) @ torch.ones(64, 64)
     events = prof.key_averages()
     assert all(isinstance(e.self_device_time_total, (int, float)) and e.device_type == DeviceType.CPU for e in events)
-    assert gpu_check.profiled_times(prof, torch.device("cuda")) == []
-    assert any(name == "aten::mm" for name, _, _ in gpu_check.profiled_times(prof, torch.device("cpu")))
+    assert profiling.profiled_times(prof, torch.device("cuda")) == []
+    assert any(name == "aten::mm" for name, _, _ in profiling.profiled_times(prof, torch.device("cpu")))
 
 
 def test_markdown_of_gpu_rows():
@@ -273,7 +295,7 @@ def test_markdown_of_gpu_rows():
         {"section": "b", "name": "ours, torch path, compiled", "status": "ok", **tri, "tokens_per_s": 400_000.0},
         {"section": "b", "name": "transformers, compiled", "status": "error", "reason": "OutOfMemoryError: CUDA out"},
         {"section": "c", "name": "one triton-path step", "status": "ok", "model": "the compiled triton-path model",
-         "metric": "CUDA kernel time", "tokens": 16384, **gpu_check.summarize_profile(
+         "metric": "CUDA kernel time", "tokens": 16384, **profiling.summarize_profile(
              [("nvjet_hsh_128x256", 20_000.0, 300), ("_ce_rows", 3000.0, 8), ("_rope_kernel", 1000.0, 60)])},
         {"section": "d", "name": "ce, triton", "status": "ok", "op": "ce", "impl": "triton", "tokens": 16384,
          "ms": 2.0, "gb_s": 60.0, "copy_share": 0.02},
@@ -282,11 +304,11 @@ def test_markdown_of_gpu_rows():
         {"section": "e", "name": "parity tests (pytest)", "status": "ok", "summary": "120 passed in 61.00s",
          "deselected": None},
     ]
-    budget = gpu_check.Budget(450, 0.0)
-    md = gpu_check.render_md(rows, st, {"started": "t", "sections": list(gpu_check.SECTIONS), "cpu": False}, budget,
-                             final=True)
+    budget = runner.Budget(450, 0.0)
+    md = render.render_md(rows, st, {"started": "t", "sections": list(plan.SECTIONS), "cpu": False}, budget,
+                          final=True)
     assert "No GPU" not in md and "# GPU check: NVIDIA H100 80GB HBM3" in md
-    heads = gpu_check.headlines(rows)
+    heads = render.headlines(rows)
     assert "bfloat16 GEMM 8192^3: 733 TFLOP/s = 74% of the nominal 989" in heads
     assert "device copy 1024 MiB: 3,000 GB/s (read + written) = 90% of the nominal 3,350" in heads
     assert "training step: triton path 1.25x the torch path (both compiled)" in heads
@@ -307,21 +329,21 @@ def test_ceilings_measured_after_the_rows_that_use_them():
             {"section": "d", "name": "ce, triton", "status": "ok", "gb_s": 600.0, "copy_share": None},
             {"section": "a", "name": "bfloat16 GEMM 8192^3", "status": "ok", "tflop_s": 800.0},
             {"section": "a", "name": "device copy 1024 MiB", "status": "ok", "gb_s": 4000.0}]
-    b, d, *_ = gpu_check.with_ceilings(rows)
+    b, d, *_ = render.with_ceilings(rows)
     assert b["mfu_measured"] == 0.25 and d["copy_share"] == 0.15
     assert rows[0]["mfu_measured"] is None  # the record's rows are left as measured
-    assert gpu_check.with_ceilings(rows[:2]) == rows[:2]  # no (a): nothing to fill in
+    assert render.with_ceilings(rows[:2]) == rows[:2]  # no (a): nothing to fill in
 
 
 def test_a_failed_probe_on_a_gpu_is_a_headline_with_its_cost():
     row = {"section": "e", "name": "fp32-output GEMM probe", "status": "ok", "probe_ok": False, "chunk_rows": 4096,
            "chunks_per_step": 4, "vocab": 49152, "bf16_gemm_ms": 0.5, "fallback_ms": 0.9,
            "fallback_extra_ms_per_step": 1.6, "uses": "the fallback (bf16 product + fp32 add)"}
-    (head,) = gpu_check.headlines([row])
+    (head,) = render.headlines([row])
     assert head == ("fp32-output GEMM probe FAILED: training uses the fallback (bf16 product + fp32 add); per chunk "
                     "fallback 0.900 ms, bare bf16 GEMM 0.500 ms; the fallback costs 1.60 ms per step (4 chunks)")
-    assert gpu_check.headlines([{**row, "probe_ok": True, "fp32_out_ms": 0.5,
-                                 "uses": "the fp32-output GEMM"}]) == []  # working as it should: no headline
+    assert render.headlines([{**row, "probe_ok": True, "fp32_out_ms": 0.5,
+                            "uses": "the fp32-output GEMM"}]) == []  # working as it should: no headline
 
 
 # ------------------------------------------------------------------------------ bench/gpu.sh --
@@ -376,12 +398,12 @@ def test_rows_name_the_commit_they_were_given(monkeypatch):
 def test_a_training_row_past_its_cap_costs_that_row_only(tmp_path):
     # Each training row would run 10^5 interpreted steps (a stand-in for the compile that hung on the H200);
     # the cap stops each after 3 s as an error row, and the next row still starts.
-    code = gpu_check.main(["--out", str(tmp_path), *TINY, "--steps", "100000", "--sections", "b", "a",
-                           "--row-cap-s", "3", "--budget-s", "3000"])
+    code = cli.main(["--out", str(tmp_path), *TINY, "--steps", "100000", "--sections", "b", "a",
+                     "--row-cap-s", "3", "--budget-s", "3000"])
     assert code == 1
     rows, md = read_rows(tmp_path)
     train = [r for r in rows if r["section"] == "b"]
-    assert [r["name"] for r in train] == [name for name, _, _ in gpu_check.TRAIN_ROWS]
+    assert [r["name"] for r in train] == [name for name, _, _ in plan.TRAIN_ROWS]
     assert all(r["status"] == "error" and r["reason"] == "RowCap: stopped at its cap of 3 s" for r in train), train
     assert all(3 <= r["seconds"] < 60 for r in train)
     assert [r["status"] for r in rows if r["section"] == "a"] == ["ok", "ok"]  # the rows after them ran
@@ -392,10 +414,10 @@ def test_the_cap_leaves_an_earlier_alarm_as_it_was():
     import signal
 
     handler, (delay, _) = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
-    with gpu_check.capped(5):
+    with runner.capped(5):
         pass
-    with pytest.raises(gpu_check.RowCap):
-        with gpu_check.capped(0.2):
+    with pytest.raises(runner.RowCap):
+        with runner.capped(0.2):
             while True:
                 pass
     assert signal.getsignal(signal.SIGALRM) is handler
