@@ -4,6 +4,7 @@ prompts at once (left-padded, masked); streaming. Its command line: smollm.cli.g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty"):  # NaN passes every `< 0` check below
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

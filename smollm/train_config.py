@@ -4,6 +4,7 @@ with `section.key=value`. Unknown keys and wrong types are errors that name the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -155,6 +156,10 @@ class RunConfig:
             need(budget > 0, "data.tokens", self.data.tokens, "must be a positive count like 1.2B, 500M or 10k, "
                                                               "or null (the whole source)")
         need(self.sample.temperature >= 0, "sample.temperature", self.sample.temperature, "must be >= 0")
+        need(self.sample.top_k is None or self.sample.top_k > 0, "sample.top_k", self.sample.top_k,
+             "must be positive, or null (no top-k)")
+        for i, prompt in enumerate(self.sample.prompts):
+            need(bool(prompt.strip()), f"sample.prompts[{i}]", prompt, "must hold some text")
         need(self.log.keep_trainer_states >= 1, "log.keep_trainer_states", self.log.keep_trainer_states,
              "must be at least 1 (the latest checkpoint must stay resumable)")
         need(self.log.remote_wait >= 0, "log.remote_wait", self.log.remote_wait, "must be >= 0 (seconds)")
@@ -246,14 +251,19 @@ def _coerce(value, tp, key: str):
                 pass
         _bad(key, "an integer", value)
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        _bad(key, "a number", value)
+        if number is None:
+            _bad(key, "a number", value)
+        if not math.isfinite(number):  # NaN passes every `< 0` check; inf overflows a timer at the end
+            _bad(key, "a finite number", value)
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -293,19 +303,50 @@ def from_dict(data: dict, source: str = "config") -> RunConfig:
     for key in data:
         if key not in types_:
             raise ConfigError(f"{source}: unknown section {key!r} (sections: {', '.join(types_)})")
-    return RunConfig(**{name: _section_from_dict(tp, data.get(name), f"{source}: {name}" if source else name)
-                        for name, tp in types_.items()})
+    cfg = RunConfig(**{name: _section_from_dict(tp, data.get(name), f"{source}: {name}" if source else name)
+                       for name, tp in types_.items()})
+    for section, name in PATH_KEYS:  # `~/runs/x` is the user's home, as in a shell, not a directory named `~`
+        value = getattr(getattr(cfg, section), name)
+        if isinstance(value, str):
+            setattr(getattr(cfg, section), name, os.path.expanduser(value))
+    return cfg
+
+
+PATH_KEYS = (("log", "out_dir"), ("data", "path"), ("data", "tokenizer"))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently: a `model:` section repeated further down would replace the first one whole)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{self.name}: key {key!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str, overrides: list[str] = ()) -> RunConfig:
     """The YAML file at path, then `section.key=value` overrides, validated."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (not UTF-8): give a YAML file") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = path
+    try:
+        data = loader.get_single_data() or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    finally:
+        loader.dispose()
     return apply_overrides(from_dict(data, path), overrides).validate()
 
 

@@ -246,3 +246,28 @@ def test_the_app_says_a_missing_model_path_is_missing(tmp_path):
         list(stream_text(Models(), "runs/nope", PROMPT, 3, 0, 0, 1, 1, 0))
     assert one_line(e.value.message) == "Model runs/nope: no such file or directory"
     assert e.value.print_exception is False
+
+
+# ------------------------------------------------------------------- round 3: numbers that are not numbers --
+
+@pytest.mark.parametrize("flag, name", [("--temperature", "temperature"), ("--top-p", "top_p"),
+                                        ("--repetition-penalty", "repetition_penalty")])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_sampling_setting_that_is_not_finite_is_one_line(small_ctx, capsys, flag, name, value):
+    # NaN passed every `< 0` check: greedy decoding printed garbage with exit 0, sampling died in multinomial.
+    with pytest.raises(SystemExit) as e:
+        G.main(["--model", small_ctx, "--prompt", PROMPT, "--max-new-tokens", "2", flag, value])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert one_line(captured.err).endswith(f"{name} must be a finite number, got {value}")
+    assert PROMPT not in captured.out  # refused before anything was generated
+
+
+def test_the_app_refuses_a_sampling_setting_that_is_not_finite(small_ctx):
+    import gradio as gr
+
+    from smollm.app import Models, stream_text
+
+    with pytest.raises(gr.Error) as e:
+        list(stream_text(Models(), small_ctx, PROMPT, 3, float("nan"), 0, 1, 1, 0))
+    assert "temperature must be a finite number, got nan" in e.value.message and e.value.print_exception is False
