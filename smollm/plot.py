@@ -17,6 +17,10 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     metrics = read_metrics(run_dir)
     if not metrics:
         raise FileNotFoundError(f"{run_dir}: no {METRICS} to plot (is it a run directory?)")
+    for n, m in enumerate(metrics, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("tokens"), (int, float)):
+            raise ValueError(f"{Run(run_dir).file(METRICS)}: record {n} has no number of tokens ({str(m)[:60]}); "
+                             f"fix or remove that line")
     train = [m for m in metrics if "loss" in m]
     val = [m for m in metrics if "val_loss" in m]
     samples = read_samples(run_dir)

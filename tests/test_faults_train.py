@@ -429,3 +429,31 @@ def test_a_bad_newest_checkpoint_is_said_once_and_its_replacement_noted(tmp_path
     assert len(warnings) == 1 and str(newest) in warnings[0] and "step_000001 instead" in warnings[0]
     assert f"note: replacing {run / 'checkpoints' / 'step_000002'}" in captured.out
     assert [s for s, _ in list_checkpoints(str(run))] == [1, 2] and latest_checkpoint(str(run)).endswith("2")
+
+
+# ---------------------------------------------------------------- round 3: train.py plot --
+
+def test_plot_faults_are_one_line_and_write_nothing(tmp_path, capsys):
+    def plot(*argv) -> str:
+        assert CT.main(["plot", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("train.py plot: error: ") and "\n" not in err and "Traceback" not in err, err
+        return err
+
+    missing = tmp_path / "missing"
+    assert plot(str(missing)).endswith(f"{missing}: no such run directory")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert "no metrics.jsonl to plot" in plot(str(run))
+    good = {"step": 1, "tokens": 128, "loss": 9.5}
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\nnot json\n" + json.dumps(good) + "\n")
+    assert plot(str(run)).endswith(f"{run / 'metrics.jsonl'}: line 2 is not JSON (Expecting value: line 1 column 1 "
+                                   f"(char 0)); fix or remove that line")
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({"step": 2, "loss": 9.0}) + "\n")
+    assert "metrics.jsonl: record 2 has no number of tokens" in plot(str(run))
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n")
+    out = tmp_path / "nodir" / "loss.png"
+    assert plot(str(run), "--out", str(out)).endswith(f"--out {out}: the directory {out.parent} does not exist")
+    assert sorted(os.listdir(run)) == ["metrics.jsonl"] and not out.parent.exists()
+    assert CT.main(["plot", str(run), "--out", str(tmp_path / "loss.png")]) == 0  # the same run, a good --out
+    assert (tmp_path / "loss.png").stat().st_size > 0

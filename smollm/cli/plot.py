@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from smollm.cli import Parser
+from smollm.errors import error_line
 
 
 def plot_parser() -> Parser:
@@ -14,7 +18,17 @@ def plot_parser() -> Parser:
 
 def run(args) -> int:
     """train.py plot with its parsed arguments."""
-    from smollm.plot import plot_run
+    try:
+        if not os.path.isdir(args.run):
+            raise FileNotFoundError(f"{args.run}: no such run directory")
+        parent = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+        if parent and not os.path.isdir(parent):  # said before drawing, naming --out (not its temporary file)
+            raise FileNotFoundError(f"--out {args.out}: the directory {parent} does not exist")
+        from smollm.plot import plot_run
 
-    print(plot_run(args.run, args.out))
+        out = plot_run(args.run, args.out)
+    except (ValueError, OSError) as e:  # a missing run or metrics.jsonl, a bad metrics line, an unwritable --out
+        print(f"train.py plot: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    print(out)
     return 0
