@@ -295,3 +295,19 @@ def test_read_only_directory(tmp_path, monkeypatch, code, cause):
     assert one_line(str(e.value)).startswith(f"cannot write {d / 'ckpt'}: {cause}")
     assert (d / "f.json").read_text() == "old" and (d / "ckpt" / "a").read_text() == "old a"
     assert sorted(os.listdir(d)) == ["ckpt", "f.json"]
+
+
+# ------------------------------------------------------------- round 3: checkpoint metadata --
+
+@pytest.mark.parametrize("latest", [b"", b"\n", b"step_000009\n", b"../..\n", b"\xff\xfe\x00"])
+def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest(run2, capsys, latest):
+    # An empty `latest` once named the checkpoints directory itself: --resume refused with a wrong reason.
+    path = run2 / "checkpoints" / "latest"
+    path.write_bytes(latest)
+    before = file_tree(run2)
+    ckpt = resolve_resumable(str(run2))
+    assert ckpt == str(run2 / "checkpoints" / "step_000002")
+    warning = one_line(capsys.readouterr().err)
+    assert warning.startswith(f"warning: {path} names no checkpoint") and warning.endswith(ckpt)
+    assert load_checkpoint(ckpt)[1].step == 2
+    assert file_tree(run2) == before
