@@ -60,3 +60,23 @@ def test_a_home_relative_path_is_the_home_directory(tmp_path, monkeypatch):
     cfg = load_config(TINY, ["log.out_dir=~/runs/x", "data.path=~/data/stdlib"])
     assert cfg.log.out_dir == str(tmp_path / "runs" / "x")
     assert cfg.data.path == str(tmp_path / "data" / "stdlib")
+
+
+@pytest.mark.parametrize("name, value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "-2"), ("LOCAL_RANK", "x")])
+def test_a_bad_torchrun_variable_is_named(tmp_path, capsys, monkeypatch, name, value):
+    from smollm.train_config import ConfigError
+    from smollm.training.parallel import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2" if name == "LOCAL_RANK" else value)
+    monkeypatch.setenv(name, value)
+    if name == "WORLD_SIZE":
+        err = _refused(capsys, ["--config", "configs/smoke.yaml"], tmp_path)
+        assert err.startswith(f"error: {name}={value!r} in the environment: must be a whole number >= 0")
+    else:  # read after the process group is up, which this test does not start: the function alone
+        import torch.distributed as dist
+
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_rank", lambda: 0)
+        monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+        with pytest.raises(ConfigError, match=f"{name}='x' in the environment"):
+            init_distributed("cpu")

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from smollm.kernels import register_inductor_fallbacks
 from smollm.model import SmolLM
-from smollm.train_config import RunConfig
+from smollm.train_config import ConfigError, RunConfig
 
 
 @dataclass
@@ -28,12 +28,27 @@ class Dist:
 
 def init_distributed(device_pref: str) -> Dist:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if env_int("WORLD_SIZE", 1) <= 1:
         return Dist()
     if not dist.is_initialized():
         use_nccl = torch.cuda.is_available() and device_pref != "cpu"
         dist.init_process_group("nccl" if use_nccl else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(dist.get_rank(), dist.get_world_size(), env_int("LOCAL_RANK", 0))
+
+
+def env_int(name: str, default: int) -> int:
+    """The whole number in the environment variable name (torchrun's), else default; ConfigError naming it."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{name}={text!r} in the environment: must be a whole number >= 0 (torchrun sets it; "
+                          f"unset it for one process)")
+    return value
 
 
 def parallelize(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
