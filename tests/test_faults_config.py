@@ -80,3 +80,18 @@ def test_a_bad_torchrun_variable_is_named(tmp_path, capsys, monkeypatch, name, v
         monkeypatch.setattr(dist, "get_world_size", lambda: 2)
         with pytest.raises(ConfigError, match=f"{name}='x' in the environment"):
             init_distributed("cpu")
+
+
+@pytest.mark.parametrize("where", ["file", "dangling symlink", "below a file"])
+def test_an_out_dir_that_cannot_be_a_directory_is_named(tmp_path, capsys, where):
+    (tmp_path / "afile").write_text("mine\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    out = {"file": tmp_path / "afile", "dangling symlink": tmp_path / "dangling",
+           "below a file": tmp_path / "afile" / "sub"}[where]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert CT.main(["--config", "configs/smoke.yaml", f"log.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: log.out_dir {out}")
+    assert {"file": "is a file, not a directory", "dangling symlink": f"is a symlink to {tmp_path / 'nowhere'}",
+            "below a file": f"{tmp_path / 'afile'} is a file"}[where] in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "afile").read_text() == "mine\n"

@@ -59,6 +59,21 @@ def remove_checkpoint_leftovers(run: Run) -> None:
               f"left in {root} by an interrupted run: {', '.join(names)}", flush=True)
 
 
+def _check_out_dir(path: str) -> None:
+    """log.out_dir is a directory or can become one: else one line naming it (makedirs says "File exists")."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileExistsError(f"log.out_dir {path} is a symlink to {os.readlink(path)}, which does not exist; "
+                              f"create that directory or choose another log.out_dir=...")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"log.out_dir {path} is a file, not a directory; choose another log.out_dir=...")
+    above = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise FileExistsError(f"log.out_dir {path}: {above} is a file, not a directory; choose another "
+                              f"log.out_dir=...")
+
+
 def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> tuple[Run, str | None]:
     """The run directory (locked by rank 0: smollm.runs.acquire_lock) and its dataset, made ready by
     rank 0 while the other ranks wait. Also returns the outermost directory this start created (None:
@@ -69,6 +84,7 @@ def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> tuple[Run, str
         if resume is None and list_checkpoints(run.path):
             raise FileExistsError(f"{run.path} already holds a run with checkpoints; continue it with --resume, "
                                   f"or choose another log.out_dir=...")
+        _check_out_dir(run.path)
         created = _first_missing(run.path)
         os.makedirs(run.path, exist_ok=True)
         try:
