@@ -383,10 +383,21 @@ def cache_dir(url: str) -> str:
     return os.path.join(root, "remote", hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
 
 
+def _check_cache_root() -> None:
+    """The cache can hold directories: else one line naming it, not a store error after the download."""
+    root = os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
+    where = "SMOLLM_CACHE=" if os.environ.get("SMOLLM_CACHE") else "the cache "
+    while not os.path.lexists(root):
+        root = os.path.dirname(root)
+    if not os.path.isdir(root):
+        raise RemoteError(f"{where}{root} is a file, not a directory; point SMOLLM_CACHE at a directory")
+
+
 def fetch_weights(url: str, options: dict | None = None) -> str:
     """A local checkpoint directory (weights, config, tokenizer; no trainer state) of the run at url
     (its newest good checkpoint) or of the one checkpoint at url, kept in cache_dir(url) and reused
     while the store's checkpoint.json is the same."""
+    _check_cache_root()
     store = connect(url, options, where="--model")
     try:
         if store.exists(CHECKPOINT_INFO):  # the URL of one checkpoint: <run>/checkpoints/<name>

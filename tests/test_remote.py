@@ -394,3 +394,16 @@ def test_transfers_retry_with_back_off(monkeypatch):
         with pytest.raises(type(final)):
             R.retry(failing(1, final), retries=4, backoff=1.0)
     assert len(pauses) == 4
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_a_cache_that_is_a_file_is_named_before_any_store(tmp_path, monkeypatch, below):
+    # It was blamed on the store ("--model: cannot read URL"), after the download.
+    (tmp_path / "cachefile").write_text("mine\n")
+    cache = tmp_path / "cachefile" / ("sub" if below else "")
+    monkeypatch.setenv("SMOLLM_CACHE", str(cache).rstrip("/"))
+    with pytest.raises(R.RemoteError) as e:
+        R.fetch_weights(f"file://{tmp_path / 'nowhere'}")
+    assert str(e.value) == (f"SMOLLM_CACHE={tmp_path / 'cachefile'} is a file, not a directory; point SMOLLM_CACHE "
+                            f"at a directory")
+    assert (tmp_path / "cachefile").read_text() == "mine\n"
