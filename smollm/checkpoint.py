@@ -171,16 +171,17 @@ def latest_checkpoint(run_dir: str) -> str | None:
     """The checkpoint `checkpoints/latest` names; when it names none (empty, damaged, or a checkpoint
     that is gone), a warning and the newest finished one."""
     run = Run(run_dir)
-    found = list_checkpoints(run_dir)
+    name = None
     if os.path.isfile(run.latest):
         with open(run.latest, "rb") as f:
             name = f.read().decode("utf-8", "replace").strip()
         path = os.path.join(run.checkpoints, name)
         if STEP_NAME.match(name) and os.path.isdir(path):
             return path
-        if found:
-            print(f"warning: {run.latest} names no checkpoint ({name[:40]!r}); using the newest one there, "
-                  f"{found[-1][1]}", file=sys.stderr, flush=True)
+    found = list_checkpoints(run_dir)  # only when `latest` names no checkpoint: this is every load's path
+    if name is not None and found:
+        print(f"warning: {run.latest} names no checkpoint ({name[:40]!r}); using the newest one there, "
+              f"{found[-1][1]}", file=sys.stderr, flush=True)
     return found[-1][1] if found else None
 
 

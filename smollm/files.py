@@ -62,6 +62,15 @@ class SourceNotFound(FileNotFoundError):
         return self.describe(self.label)
 
 
+def nearest_existing(path: str) -> str:
+    """The longest leading part of path that exists (a dangling symlink counts): where a makedirs would
+    start, and what it would trip on when that is not a directory."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
 def hub_failure(e: BaseException) -> str:
     """What the Hub said, in one line: the exception's type and the first line of its message."""
     return f"{type(e).__name__}: {first_line(e)}"

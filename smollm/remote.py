@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from smollm.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
 from smollm.errors import first_line
-from smollm.files import atomic_dir, atomic_path, atomic_write_bytes
+from smollm.files import atomic_dir, atomic_path, atomic_write_bytes, nearest_existing
 from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, LATEST, RUN_FILES, STEP_NAME, TRAINER_STATE, Run
 
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -379,16 +379,17 @@ def fetch_run(url: str, dest: str, options: dict | None = None) -> str:
 
 def cache_dir(url: str) -> str:
     """Where fetch_weights keeps the checkpoints of url: $SMOLLM_CACHE, else ~/.cache/smollm-triton."""
-    root = os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
-    return os.path.join(root, "remote", hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
+    return os.path.join(_cache_root(), "remote", hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
+
+
+def _cache_root() -> str:
+    return os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
 
 
 def _check_cache_root() -> None:
     """The cache can hold directories: else one line naming it, not a store error after the download."""
-    root = os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
     where = "SMOLLM_CACHE=" if os.environ.get("SMOLLM_CACHE") else "the cache "
-    while not os.path.lexists(root):
-        root = os.path.dirname(root)
+    root = nearest_existing(_cache_root())
     if not os.path.isdir(root):
         raise RemoteError(f"{where}{root} is a file, not a directory; point SMOLLM_CACHE at a directory")
 

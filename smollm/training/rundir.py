@@ -11,7 +11,7 @@ import shutil
 import torch.distributed as dist
 
 from smollm.checkpoint import list_checkpoints
-from smollm.files import atomic_write_text
+from smollm.files import atomic_write_text, nearest_existing
 from smollm.metrics import MetricsLog
 from smollm.runs import TMP_PREFIX, Run, acquire_lock, release_lock
 from smollm.samples import truncate_samples_after
@@ -66,9 +66,7 @@ def _check_out_dir(path: str) -> None:
                               f"create that directory or choose another log.out_dir=...")
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"log.out_dir {path} is a file, not a directory; choose another log.out_dir=...")
-    above = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(above):
-        above = os.path.dirname(above)
+    above = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(above):
         raise FileExistsError(f"log.out_dir {path}: {above} is a file, not a directory; choose another "
                               f"log.out_dir=...")
