@@ -59,6 +59,31 @@ def user_error(message: str) -> gr.Error:
     return gr.Error(message)
 
 
+def _quiet_bounds(component):
+    """component (a gr.Slider or gr.Number) whose out-of-range value, which only the API can send, is a
+    message naming the field for the client alone: gradio's own bounds check also printed a traceback
+    on the server's console for each one. Its instance's preprocess is wrapped (a subclass would be
+    another frontend component, and gradio writes a .pyi file beside any module that defines one)."""
+    check = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return check(payload)
+        except gr.Error as e:
+            raise user_error(f"{component.label}: {e.message}") from None
+
+    component.preprocess = preprocess
+    return component
+
+
+def Slider(*args, **kwargs):  # noqa: N802 -- stands in for gr.Slider
+    return _quiet_bounds(gr.Slider(*args, **kwargs))
+
+
+def Number(*args, **kwargs):  # noqa: N802 -- stands in for gr.Number
+    return _quiet_bounds(gr.Number(*args, **kwargs))
+
+
 def find_runs(patterns: list[str]) -> list[str]:
     """Run directories (those with checkpoints) among the given paths and globs."""
     runs = []
@@ -163,13 +188,13 @@ def _generate_tab(models: Models, choices: list[tuple[str, str]]) -> None:
                             allow_custom_value=True, elem_id="model")
     prompt = gr.Textbox(label="Prompt", lines=3, value="def fibonacci(n):", elem_id="prompt")
     with gr.Row():
-        max_new = gr.Slider(1, 512, value=64, step=1, label="Max new tokens")
-        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)")
-        top_k = gr.Number(value=50, precision=0, label="Top-k (0 = off)")
+        max_new = Slider(1, 512, value=64, step=1, label="Max new tokens")
+        temperature = Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)")
+        top_k = Number(value=50, precision=0, label="Top-k (0 = off)")
     with gr.Row():
-        top_p = gr.Slider(0.01, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
-        penalty = gr.Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
-        seed = gr.Number(value=0, precision=0, label="Seed")
+        top_p = Slider(0.01, 1, value=0.95, step=0.01, label="Top-p (1 = off)")
+        penalty = Slider(0.5, 2, value=1.0, step=0.05, label="Repetition penalty")
+        seed = Number(value=0, precision=0, label="Seed")
     button = gr.Button("Generate", variant="primary", elem_id="generate")
     output = gr.Textbox(label="Text", lines=12, elem_id="output")
 
@@ -193,11 +218,11 @@ def _compare_tab(runs: list[str], kernels: str) -> None:
     prompt = gr.Textbox(label="Prompt", value="def fibonacci(n):", elem_id="compare-prompt")
     n0, t0, k0, s0 = compare_settings(runs[0] if runs else None)
     with gr.Row():
-        max_new = gr.Slider(1, 256, value=n0, step=1, label="Max new tokens")
-        temperature = gr.Slider(0, 2, value=t0, step=0.05, label="Temperature (0 = greedy)")
-        top_k = gr.Number(value=k0, precision=0, label="Top-k (0 = off)")
-        top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
-        seed = gr.Number(value=s0, precision=0, label="Seed")
+        max_new = Slider(1, 256, value=n0, step=1, label="Max new tokens")
+        temperature = Slider(0, 2, value=t0, step=0.05, label="Temperature (0 = greedy)")
+        top_k = Number(value=k0, precision=0, label="Top-k (0 = off)")
+        top_p = Slider(0.01, 1, value=1.0, step=0.01, label="Top-p (1 = off)")
+        seed = Number(value=s0, precision=0, label="Seed")
     run.change(compare_settings, run, [max_new, temperature, top_k, seed])  # each run as it sampled itself
     button = gr.Button("Compare", variant="primary", elem_id="compare")
     table = gr.Markdown(elem_id="table")

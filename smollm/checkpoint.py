@@ -46,22 +46,43 @@ def checkpoint_checksums(directory: str) -> dict[str, str]:
             if name != CHECKPOINT_INFO and os.path.isfile(os.path.join(directory, name))}
 
 
+def read_info(ckpt: str) -> dict:
+    """checkpoint.json of a checkpoint ({} when it has none: another model): a CheckpointError naming it
+    when it is unreadable or not the shape save_checkpoint writes (step and tokens whole numbers,
+    losses numbers or null, sha256 a mapping of file names to hex digests)."""
+    path = os.path.join(ckpt, CHECKPOINT_INFO)
+    try:
+        with open(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({first_line(e)}); the checkpoint is damaged") from None
+    problem = None
+    if not isinstance(info, dict):
+        problem = f"a JSON {type(info).__name__}, not an object"
+    else:
+        for key, kinds in (("step", (int,)), ("tokens", (int,)), ("loss", (int, float, type(None))),
+                           ("val_loss", (int, float, type(None)))):
+            if key in info and (not isinstance(info[key], kinds) or isinstance(info[key], bool)):
+                problem = f"{key} is {info[key]!r}"
+                break
+        sums = info.get(CHECKSUMS, {})
+        if problem is None and not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())):
+            problem = f"{CHECKSUMS} is not a mapping of file names to digests"
+    if problem:
+        raise CheckpointError(f"{path}: not a checkpoint record ({problem}); the checkpoint is damaged")
+    return info
+
+
 def verify_checkpoint(ckpt: str, skip: tuple[str, ...] = ()) -> None:
     """Check the files of a checkpoint against the sha256 checkpoint.json recorded (except `skip`);
     a CheckpointError naming the first that differs or is missing. Nothing to check for checkpoints
     written before checksums were recorded, or for directories that are not our checkpoints. A
     pruned trainer_state.pt is not missing."""
-    info_path = os.path.join(ckpt, CHECKPOINT_INFO)
-    if not os.path.isfile(info_path):
+    if not os.path.isfile(os.path.join(ckpt, CHECKPOINT_INFO)):
         return
-    try:
-        with open(info_path) as f:
-            info = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{info_path}: unreadable ({first_line(e)}); the checkpoint cannot be "
-                              f"checked") from e
-    sums = info.get(CHECKSUMS) if isinstance(info, dict) else None
-    for name, want in sorted((sums or {}).items()):
+    for name, want in sorted(read_info(ckpt).get(CHECKSUMS, {}).items()):
         path = os.path.join(ckpt, name)
         if name in skip or (name == TRAINER_STATE and not os.path.exists(path)):
             continue
@@ -105,6 +126,7 @@ class TrainerState:
     rng: dict  # rng_states()
     last_loss: float | None = None  # the mean training loss since the previous log line (as metrics.jsonl)
     last_val_loss: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+    data_identity: dict | None = None  # smollm.data.dataset_identity of the data trained on (None: unknown)
 
     @property
     def global_batch(self) -> int:
@@ -113,7 +135,7 @@ class TrainerState:
     def to_dict(self) -> dict:
         # trainer_state.pt's keys: kept as they are so that existing checkpoints still resume.
         return {"optimizer": self.optimizer, "scheduler": self.scheduler, "step": self.step, "tokens": self.tokens,
-                "data": {"seed": self.seed, "next_step": self.step}, "rng": self.rng, "last_loss": self.last_loss,
+                "data": {"seed": self.seed, "next_step": self.step, "identity": self.data_identity}, "rng": self.rng, "last_loss": self.last_loss,
                 "last_val_loss": self.last_val_loss, "world_size": self.world_size,
                 "micro_batch": self.micro_batch, "grad_accum": self.grad_accum}
 
@@ -122,7 +144,7 @@ class TrainerState:
         return cls(step=d["step"], tokens=d["tokens"], seed=d["data"]["seed"], world_size=d["world_size"],
                    micro_batch=d["micro_batch"], grad_accum=d["grad_accum"], optimizer=d["optimizer"],
                    scheduler=d["scheduler"], rng=d["rng"], last_loss=d.get("last_loss"),
-                   last_val_loss=d.get("last_val_loss"))
+                   last_val_loss=d.get("last_val_loss"), data_identity=d["data"].get("identity"))
 
 
 def save_checkpoint(run_dir: str, model, state: TrainerState, run_config_yaml: str, tokenizer,

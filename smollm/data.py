@@ -12,6 +12,7 @@ window, and N ranks together see what one process with N times the batch would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -38,7 +39,62 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
 
-def write_shard(path: str, tokens: np.ndarray, vocab_size: int, eos_id: int) -> None:
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 4096  # the sampled checksum: 16 blocks of 4 KiB spread over the file
+
+
+def _sample_spans(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the blocks the sampled checksum reads: the first, the last, and evenly between."""
+    if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+        return [(0, size)]
+    last = size - SAMPLE_BYTES
+    return [(i * last // (SAMPLE_BLOCKS - 1), SAMPLE_BYTES) for i in range(SAMPLE_BLOCKS)]
+
+
+def shard_checksums(data: bytes) -> dict:
+    """{"sha256": of every byte, "sample_sha256": of the size and the sampled blocks} of a shard's bytes:
+    what meta.json records for each shard, checked by verify_shard."""
+    sample = hashlib.sha256(str(len(data)).encode())
+    for offset, length in _sample_spans(len(data)):
+        sample.update(data[offset:offset + length])
+    return {"sha256": hashlib.sha256(data).hexdigest(), "sample_sha256": sample.hexdigest()}
+
+
+def verify_shard(path: str, entry: dict, full: bool = False) -> None:
+    """ShardError unless the shard's bytes are those meta.json's entry recorded: the sampled blocks (a
+    few KiB: at every open), or every byte (full: on demand). Nothing to check for entries without
+    checksums (datasets prepared before they were recorded)."""
+    key = "sha256" if full else "sample_sha256"
+    if key not in entry:
+        return
+    size = os.path.getsize(path)
+    if full:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    else:
+        h = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as f:
+            for offset, length in _sample_spans(size):
+                f.seek(offset)
+                h.update(f.read(length))
+    if h.hexdigest() != entry[key]:
+        raise ShardError(f"{path}: changed since it was prepared (its bytes differ from the checksum in meta.json); "
+                         f"prepare the dataset again into a new directory")
+
+
+def dataset_identity(directory: str) -> dict | None:
+    """What a run records of the data it trains on: {"id": one digest of every shard's checksum, "shards":
+    {file: sha256}}; None for a dataset prepared before checksums were recorded."""
+    shards = read_meta(directory).get("shards", [])
+    if not shards or any("sha256" not in s for s in shards):
+        return None
+    files = {s["file"]: s["sha256"] for s in shards}
+    return {"id": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16], "shards": files}
+
+
+def write_shard(path: str, tokens: np.ndarray, vocab_size: int, eos_id: int) -> dict:
+    """The shard written atomically; returns its shard_checksums."""
     if vocab_size > 65536:
         raise ShardError(f"{path}: vocab size {vocab_size} does not fit uint16 tokens")
     tokens = np.asarray(tokens)
@@ -46,7 +102,9 @@ def write_shard(path: str, tokens: np.ndarray, vocab_size: int, eos_id: int) -> 
         raise ShardError(f"{path}: token ids outside [0, {vocab_size})")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:5] = (MAGIC, VERSION, tokens.size, vocab_size, eos_id)
-    atomic_write_bytes(path, [header.tobytes(), tokens.astype(np.uint16).tobytes()])
+    data = header.tobytes() + tokens.astype(np.uint16).tobytes()
+    atomic_write_bytes(path, [data])
+    return shard_checksums(data)
 
 
 def read_header(path: str) -> dict:
@@ -112,21 +170,25 @@ class TokenWindows:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.seq_len = seq_len
-        paths = shard_paths(directory, split)
-        if not paths:
+        entries = [e for e in read_meta(directory).get("shards", []) if e["split"] == split]
+        if not entries:
             raise ShardError(f"{directory}: no {split} shards in meta.json")
         self.shards = []
-        for path in paths:
+        for entry in entries:
+            path = os.path.join(directory, entry["file"])
             if not os.path.isfile(path):
                 raise ShardError(f"{path}: listed in meta.json but missing")
-            tokens = open_shard(path, vocab_size)
-            if tokens.size < seq_len + 1:
-                raise ShardError(f"{path}: {tokens.size} tokens, shorter than one window of {seq_len} + 1")
-            self.shards.append(tokens)
-        # Window starts of shard i: [0, n_i - T); global index -> (shard, offset) by searchsorted.
-        starts = np.array([t.size - seq_len for t in self.shards], dtype=np.int64)
+            verify_shard(path, entry)
+            self.shards.append(open_shard(path, vocab_size))
+        # Window starts of shard i: [0, n_i - T); global index -> (shard, offset) by searchsorted. A shard
+        # shorter than one window (a corpus's short last shard) has none: its few tokens are not drawn.
+        starts = np.array([max(0, t.size - seq_len) for t in self.shards], dtype=np.int64)
         self.cum_starts = np.concatenate([[0], np.cumsum(starts)])
         self.n_windows = int(self.cum_starts[-1])
+        if self.n_windows == 0:
+            longest = max(t.size for t in self.shards)
+            raise ShardError(f"{directory}: no {split} shard is as long as one window of {seq_len} + 1 tokens (the "
+                             f"longest holds {longest:,}); prepare more data or lower data.seq_len")
         self.n_tokens = int(sum(t.size for t in self.shards))
 
     def window_starts(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:

@@ -14,10 +14,10 @@ import shutil
 import yaml
 
 from smollm.checkpoint import latest_checkpoint
-from smollm.sources import load
+from smollm.sources import load_resolved
 from smollm.files import atomic_dir
 from smollm.metrics import read_metrics
-from smollm.runs import LOSS_PNG, RUN_CONFIG, Run
+from smollm.runs import LOSS_PNG, RUN_CONFIG, Run, run_of_checkpoint
 from smollm.samples import checkpoint_info, read_samples
 from smollm.weights import WEIGHTS_FILE, write_hf_files
 
@@ -166,11 +166,19 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
     if ckpt is None or not os.path.isdir(ckpt):
         raise FileNotFoundError(f"no checkpoint to export in {run_dir}" if ckpt is None else
                                 f"checkpoint {ckpt} does not exist")
+    owner = run_of_checkpoint(ckpt)
+    if owner is None or os.path.realpath(owner) != os.path.realpath(run_dir):
+        where = f"it belongs to the run {owner}" if owner else "it lies in no run's checkpoints/ directory"
+        fix = f"train.py export {owner} OUT --checkpoint {ckpt}" if owner else "train.py export RUN OUT with its own run"
+        raise ValueError(f"--checkpoint {ckpt} is not a checkpoint of {run_dir} ({where}); the model card describes "
+                         f"one run: export it with {fix}")
     check_out_dir(out_dir, [run_dir, ckpt])
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    model, tokenizer = load(ckpt, tokenizer=ckpt)  # the checkpoint's own tokenizer, never a default
+    # The checkpoint's own tokenizer, never a default; a run's damaged latest checkpoint is warned about
+    # and its newest good one exported (as generate.py and --resume do).
+    model, tokenizer, ckpt = load_resolved(checkpoint or run_dir, tokenizer=checkpoint)
     info = checkpoint_info(ckpt)
     samples = [r for r in read_samples(run_dir) if r["step"] <= info.get("step", float("inf"))]
     plot = Run(run_dir).loss_png

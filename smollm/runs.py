@@ -8,12 +8,16 @@
     <run>/train.log             what the run printed (its console lines, without the progress bar)
     <run>/tensorboard/          the same scalars for TensorBoard (when it is installed)
     <run>/train.lock            while a run trains into it: {pid, host, started} of that process
+    <run>/run.json              the run's identity: {id, home, remote} (smollm.remote.owner)
     <run>/checkpoints/latest    the name of the newest checkpoint
     <run>/checkpoints/step_000123/
         model.safetensors, config.json, generation_config.json, tokenizer files: a Hugging Face directory
         trainer_state.pt        optimizer, scheduler, step, tokens, RNG states (pruned in older ones)
         checkpoint.json         step, tokens, losses (kept when trainer_state.pt is pruned)
         run_config.yaml         the run's configuration when the checkpoint was written
+
+A remote copy (smollm.remote) has the same layout, plus owner.json: {id, path, host} of the run
+directory that writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ LOSS_PNG = "loss.png"
 CONSOLE_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 LOCK = "train.lock"
+RUN_ID = "run.json"
+OWNER = "owner.json"  # in a remote copy only
 TMP_PREFIX = ".tmp-"  # smollm.files' temporary names: what a kill mid-checkpoint leaves behind
 # Inside a checkpoint directory (besides the Hugging Face files, smollm.weights)
 TRAINER_STATE = "trainer_state.pt"
@@ -88,6 +94,10 @@ class Run:
         return self.file(TENSORBOARD)
 
     @property
+    def identity(self) -> str:
+        return self.file(RUN_ID)
+
+    @property
     def lock(self) -> str:
         return self.file(LOCK)
 
@@ -101,6 +111,15 @@ class Run:
 
     def checkpoint(self, step: int) -> str:
         return os.path.join(self.checkpoints, f"step_{step:06d}")
+
+
+def run_of_checkpoint(ckpt: str) -> str | None:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/step_N), or None for a loose one."""
+    ckpt = os.path.normpath(ckpt)
+    parent = os.path.dirname(ckpt)
+    if os.path.basename(parent) != CHECKPOINTS:
+        return None
+    return os.path.dirname(parent) or "."
 
 
 def is_run_dir(path: str) -> bool:
@@ -148,9 +167,7 @@ def acquire_lock(run_dir: str) -> str:
             except (ValueError, KeyError, TypeError, OSError):
                 holder = None
             if holder is not None and (host != me["host"] or _pid_alive(pid)):
-                where = "this host" if host == me["host"] else f"host {host}"
-                raise RunLocked(f"{run_dir} is in use by another run (pid {pid} on {where}, started {started}; "
-                                f"lock file {path}); wait for it to end, or choose another log.out_dir=...")
+                raise RunLocked(_in_use(run_dir, pid, host, started))
             what = (f"pid {pid} on this host, started {started}, is no longer running" if holder is not None
                     else "it is unreadable")
             print(f"warning: taking over the stale lock {path} ({what})", file=sys.stderr, flush=True)
@@ -161,6 +178,25 @@ def acquire_lock(run_dir: str) -> str:
         raise RunLocked(f"{run_dir}: could not take the lock file {path}; another run is starting there")
     finally:
         os.unlink(tmp)
+
+
+def _in_use(run_dir: str, pid: int, host: str, started: str) -> str:
+    where = "this host" if host == socket.gethostname() else f"host {host}"
+    return (f"{run_dir} is in use by another run (pid {pid} on {where}, started {started}; lock file "
+            f"{Run(run_dir).lock}); wait for it to end, or choose another log.out_dir=...")
+
+
+def refuse_if_locked(run_dir: str) -> None:
+    """RunLocked when a live process (or one on another host) holds the run's lock: checked before
+    reading a run's checkpoints, which that process may be writing (acquire_lock takes it later)."""
+    try:
+        with open(Run(run_dir).lock) as f:
+            holder = json.load(f)
+        pid, host, started = int(holder["pid"]), str(holder["host"]), holder.get("started", "?")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if host != socket.gethostname() or _pid_alive(pid):
+        raise RunLocked(_in_use(run_dir, pid, host, started))
 
 
 def release_lock(run_dir: str) -> None:

@@ -13,7 +13,8 @@ import torch
 from smollm.sources import load
 from smollm.files import atomic_write_bytes, read_jsonl
 from smollm.generate import Sampling, context_cap_note, generate
-from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, Run
+from smollm.checkpoint import read_info
+from smollm.runs import RUN_CONFIG, Run
 
 
 @torch.no_grad()
@@ -72,12 +73,9 @@ def samples_markdown(records: list[dict], title: str) -> str:
 # --------------------------------------------------------- one prompt through checkpoints --
 
 def checkpoint_info(ckpt: str) -> dict:
-    """step, tokens seen and losses of one of our checkpoints (empty for other models)."""
-    path = os.path.join(ckpt, CHECKPOINT_INFO)
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return {}
+    """step, tokens seen and losses of one of our checkpoints (empty for other models; a damaged one is
+    a CheckpointError naming its checkpoint.json)."""
+    return read_info(ckpt) if os.path.isdir(ckpt) else {}
 
 
 SAMPLE_KEYS = ("max_new_tokens", "temperature", "top_k", "seed")  # what a comparison takes from a run

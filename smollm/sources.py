@@ -16,7 +16,12 @@ from smollm.weights import load_model
 
 
 def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
-    """(model, tokenizer) of a model source: a run directory (its latest checkpoint), a checkpoint or
+    """(model, tokenizer) of a model source: load_resolved without the checkpoint it took."""
+    return load_resolved(source, kernels, tokenizer)[:2]
+
+
+def load_resolved(source: str, kernels: str = "torch", tokenizer: str | None = None):
+    """(model, tokenizer, where the weights came from) of a model source: a run directory (its latest checkpoint), a checkpoint or
     Hugging Face directory, a .gguf file, a hub id (smollm.weights.load_model), or the URL of a run's
     remote copy (smollm.remote.fetch_weights; the store's options from its environment). The tokenizer is
     `tokenizer` when given, else the one saved beside the weights (a checkpoint, an export with its
@@ -36,7 +41,7 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
         name = tokenizer or (source if own else "the default tokenizer")
         raise ValueError(f"tokenizer {name} has {len(tok):,} tokens, more than the vocabulary of {source} "
                          f"({model.config.vocab_size:,}); use the model's own tokenizer")
-    return model, tok
+    return model, tok, source
 
 
 def _newest_good_weights(run_dir: str, kernels: str):

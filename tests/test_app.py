@@ -75,6 +75,26 @@ def test_bad_input_is_a_message_not_a_stack_trace(served, run):
         client.predict(os.path.join(run, "nope"), "x", 4, 0, 0, 1, 0, api_name="/compare")
 
 
+def test_out_of_range_api_values_are_a_message_and_no_console_traceback(served, run, capfd):
+    """Values past a slider's bounds come only through the API: the client is told which field, and the
+    server's console stays free of tracebacks (gradio printed one for each)."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    ckpt = os.path.join(run, "checkpoints", "step_000006")
+    capfd.readouterr()
+    for args, message in [((ckpt, "x", 100000, 0, 0, 1, 1, 0), "Max new tokens: Value 100000 is greater than maximum"),
+                          ((ckpt, "x", 8, -1, 0, 1, 1, 0), "Temperature \\(0 = greedy\\): Value -1 is less than"),
+                          ((ckpt, "x", 8, 0, 0, 1, 9, 0), "Repetition penalty: Value 9 is greater than maximum")]:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/generate")
+    with pytest.raises(AppError, match="Top-p \\(1 = off\\): Value 0 is less than minimum"):
+        client.predict(run, "x", 4, 0, 0, 0, 0, api_name="/compare")
+    console = capfd.readouterr()
+    assert "Traceback" not in console.out + console.err, console.err[-3000:]
+
+
 def test_compare_tab_lists_every_checkpoint(served, run):
     from gradio_client import Client
 

@@ -42,10 +42,11 @@ def test_trainer_state_keeps_the_keys_existing_checkpoints_have(tmp_path, model)
     d = trainer_state(model, 7).to_dict()
     assert set(d) == {"optimizer", "scheduler", "step", "tokens", "data", "rng", "last_loss", "last_val_loss",
                       "world_size", "micro_batch", "grad_accum"}
-    assert d["data"] == {"seed": 1337, "next_step": 7}
-    del d["last_loss"], d["last_val_loss"]  # optional on disk: from_dict reads them with .get
+    assert d["data"] == {"seed": 1337, "next_step": 7, "identity": None}  # identity: the dataset's (round 3)
+    del d["last_loss"], d["last_val_loss"], d["data"]["identity"]  # optional on disk: read with .get
     state = TrainerState.from_dict(d)
-    assert (state.step, state.seed, state.global_batch, state.last_loss) == (7, 1337, 8, None)
+    assert (state.step, state.seed, state.global_batch, state.last_loss, state.data_identity) == (7, 1337, 8, None,
+                                                                                                 None)
 
 
 def test_checkpoint_loads_in_transformers(tmp_path, model, tokenizer):

@@ -10,6 +10,7 @@ from smollm.files import atomic_write_json
 
 
 def _dataset(tmp_path, shards: dict[str, list[np.ndarray]], vocab=1000):
+    os.makedirs(tmp_path, exist_ok=True)
     meta = {"vocab_size": vocab, "eos_id": 0, "shards": []}
     for split, arrays in shards.items():
         for i, tokens in enumerate(arrays):
@@ -69,9 +70,25 @@ def test_vocab_must_fit_uint16(tmp_path):
         write_shard(str(tmp_path / "a.bin"), np.array([1]), 70000, 0)
 
 
-def test_shard_shorter_than_window(tmp_path):
-    d = _dataset(tmp_path, {"train": [np.arange(100), np.arange(10)]})
-    with pytest.raises(ShardError, match=r"train_000001.bin: 10 tokens, shorter than one window of 16 \+ 1"):
+def test_a_shard_shorter_than_a_window_has_no_windows(tmp_path):
+    """A corpus's short last shard (prepare said "complete") no longer refuses the whole dataset: it
+    has no windows, every window lies inside one shard, and the longer shards' windows are unchanged."""
+    rng = np.random.default_rng(0)
+    long_a, long_b = rng.integers(0, 1000, 100), rng.integers(0, 1000, 50)
+    short = _dataset(tmp_path / "short", {"train": [long_a, np.arange(10), long_b, np.arange(16)]})
+    plain = _dataset(tmp_path / "plain", {"train": [long_a, long_b]})
+    w, ref = TokenWindows(short, "train", 16), TokenWindows(plain, "train", 16)
+    assert w.n_windows == ref.n_windows == (100 - 16) + (50 - 16)
+    for step in range(20):
+        got = w.get_batch_numpy(seed=3, step=step, batch_size=8)
+        assert np.array_equal(got, ref.get_batch_numpy(seed=3, step=step, batch_size=8))
+    every = w.get_batch_numpy(seed=0, step=0, batch_size=w.n_windows)  # each window once
+    starts = {tuple(r[:4]) for r in every}
+    assert len(starts) == w.n_windows
+    # A split with no window at all is one line naming it.
+    d = _dataset(tmp_path / "tiny", {"train": [np.arange(10), np.arange(16)]})
+    with pytest.raises(ShardError, match=r"tiny: no train shard is as long as one window of 16 \+ 1 tokens \(the "
+                                         r"longest holds 16\); prepare more data or lower data.seq_len"):
         TokenWindows(d, "train", 16)
 
 

@@ -88,8 +88,7 @@ def test_resume_falls_back_from_a_bad_newest_checkpoint(run2, capsys, fault):
 
 def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
     """A corrupt checkpoint named explicitly is refused; a run directory (generate.py --model RUN, the
-    app) falls back to its newest good checkpoint, saying so; export refuses (it exports one
-    checkpoint: the latest unless --checkpoint names another)."""
+    app, export) falls back to its newest good checkpoint, saying so."""
     bad = run2 / "checkpoints" / "step_000002" / "model.safetensors"
     good, _ = load(str(run2 / "checkpoints" / "step_000001"))
     _overwrite_middle(bad)
@@ -103,9 +102,14 @@ def test_generate_app_and_export_refuse_corrupt_weights(run2, tmp_path, capsys):
     assert warning.startswith(f"warning: {bad}: corrupt") and warning.endswith(
         f"loading {run2 / 'checkpoints' / 'step_000001'} instead, the newest good checkpoint")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), good.state_dict().values()))
-    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):
-        export_run(str(run2), str(tmp_path / "out"))
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt"):  # named: no fallback
+        export_run(str(run2), str(tmp_path / "out"), str(run2 / "checkpoints" / "step_000002"))
     assert not (tmp_path / "out").exists()
+    export_run(str(run2), str(tmp_path / "out"))  # the run: its newest good checkpoint, said
+    assert one_line(capsys.readouterr().err).endswith(f"loading {run2 / 'checkpoints' / 'step_000001'} instead, the "
+                                                      f"newest good checkpoint")
+    exported, _ = load(str(tmp_path / "out"))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), good.state_dict().values()))
     assert file_tree(run2) == before  # nothing deleted or rewritten
     _overwrite_middle(run2 / "checkpoints" / "step_000001" / "model.safetensors")
     with pytest.raises(CheckpointError) as e:
@@ -156,10 +160,11 @@ def test_nan_weights_name_the_tensor(tmp_path, model, tokenizer, capsys):
 
 
 def test_export_errors_are_one_line(run2, tmp_path, capsys, monkeypatch):
-    """A corrupt newest checkpoint, a disk that refuses the output, a checkpoint given as the run."""
+    """A corrupt checkpoint named by --checkpoint, a disk that refuses the output, a checkpoint given as
+    the run."""
     ckpt = run2 / "checkpoints" / "step_000002"
     _overwrite_middle(ckpt / "model.safetensors")
-    assert CT.main(["export", str(run2), str(tmp_path / "out")]) == 2
+    assert CT.main(["export", str(run2), str(tmp_path / "out"), "--checkpoint", str(ckpt)]) == 2
     err = one_line(capsys.readouterr().err)
     assert err.startswith(f"train.py export: error: {ckpt / 'model.safetensors'}: corrupt")
     good = str(run2 / "checkpoints" / "step_000001")
@@ -310,4 +315,27 @@ def test_a_latest_that_names_no_checkpoint_falls_back_to_the_newest(run2, capsys
     warning = one_line(capsys.readouterr().err)
     assert warning.startswith(f"warning: {path} names no checkpoint") and warning.endswith(ckpt)
     assert load_checkpoint(ckpt)[1].step == 2
+    assert file_tree(run2) == before
+
+
+@pytest.mark.parametrize("info", ["[1, 2]", '"step 2"', "null", '{"step": "two"}', '{"sha256": ["model.safetensors"]}',
+                                  '{"sha256": {"model.safetensors": 7}}', '{"loss": "low"}', "\xff not text"])
+def test_a_checkpoint_json_of_the_wrong_shape_is_a_damaged_checkpoint(run2, tmp_path, capsys, info):
+    """Valid JSON of the wrong shape was an AttributeError traceback in resume, generate and export:
+    now one line naming the file, then the newest good checkpoint, in each."""
+    bad = run2 / "checkpoints" / "step_000002" / "checkpoint.json"
+    bad.write_bytes(info.encode("latin-1"))
+    before = file_tree(run2)
+    older = str(run2 / "checkpoints" / "step_000001")
+    assert resolve_resumable(str(run2)) == older
+    warning = one_line(capsys.readouterr().err)
+    assert warning.startswith(f"warning: {bad}: ") and "the checkpoint is damaged" in warning, warning
+    load(str(run2))
+    assert one_line(capsys.readouterr().err).startswith(f"warning: {bad}: ")
+    export_run(str(run2), str(tmp_path / "out"))
+    assert one_line(capsys.readouterr().err).startswith(f"warning: {bad}: ")
+    assert "| checkpoint | step 1 |" in (tmp_path / "out" / "README.md").read_text()
+    assert CT.main(["--resume", str(run2 / "checkpoints" / "step_000002")]) == 2  # named: no fallback
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"error: {bad}: ") and "the checkpoint is damaged" in err, err
     assert file_tree(run2) == before

@@ -241,3 +241,73 @@ def test_existing_empty_out_is_left_as_it_was(cli, tmp_path):
 def test_success_prints_a_summary(cli, tmp_path):
     rc, captured = cli("--source", _jsonl(tmp_path / "a.jsonl", DOCS), "--shard-tokens", "300")
     assert rc == 0 and "train tokens" in captured.out and "error" not in captured.err
+
+
+# ------------------------------------------------------------- round 3: a short last shard --
+
+def test_a_dataset_whose_last_shard_is_short_trains(tmp_path, tokenizer):
+    """prepare said "complete", then train refused the whole dataset because its last shard was shorter
+    than one window. Now they agree: the short shard has no windows, the others all of theirs."""
+    from smollm.data import TokenWindows, shard_paths, open_shard
+
+    meta = _run([_jsonl(tmp_path / "a.jsonl", DOCS)], tmp_path / "ds", tokenizer)
+    assert meta["complete"]
+    sizes = [open_shard(p).size for p in shard_paths(str(tmp_path / "ds"), "train")]
+    seq_len = sizes[-1]  # the last shard is then shorter than one window of seq_len + 1
+    assert len(sizes) > 2 and all(n > seq_len for n in sizes[:-1]), sizes
+    w = TokenWindows(str(tmp_path / "ds"), "train", seq_len)
+    assert w.n_windows == sum(n - seq_len for n in sizes[:-1])
+    assert w.get_batch_numpy(seed=0, step=0, batch_size=4).shape == (4, seq_len + 1)
+
+
+# ------------------------------------------------------------- round 3: a worker killed from outside --
+
+KILLED_WORKER = """
+import json, os, sys, time
+import smollm.prepare.pool as P
+import smollm.prepare.worker as W
+from smollm.cli.prepare import main
+real = W.encode_batch
+def slow(batch, val_fraction):
+    open(os.path.join(sys.argv[1], f"busy-{os.getpid()}"), "w").close()
+    time.sleep(0.3)
+    return real(batch, val_fraction)
+P.encode_batch = slow
+sys.exit(main(json.loads(sys.argv[2])))
+"""
+
+
+def test_a_killed_worker_stops_prepare_with_one_line_and_it_resumes(tmp_path, gguf_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = _jsonl(tmp_path / "a.jsonl", DOCS * 4)
+    args = ["--source", src, "--out", str(tmp_path / "ds"), "--tokenizer", gguf_path, "--shard-tokens", "2000",
+            "--val-fraction", "0.2", "--workers", "2"]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, str(marks), json.dumps(args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.listdir(marks):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        os.kill(int(sorted(os.listdir(marks))[0].split("-")[1]), signal.SIGKILL)  # a worker, mid-batch
+        _, err = proc.communicate(timeout=120)  # it hung here for good
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("prepare: error: a tokenizer worker (pid ")
+    assert err.strip().splitlines()[-1].endswith("died with a batch in flight (killed from outside, or out of "
+                                                 "memory); the shards committed so far are kept: run the same "
+                                                 "command again to resume")
+    assert main(args) == 0  # resumed from its last commit
+    assert main(args[:2] + ["--out", str(tmp_path / "whole")] + args[4:]) == 0
+    for split in ("train", "val"):
+        np.testing.assert_array_equal(_stream(str(tmp_path / "ds"), split), _stream(str(tmp_path / "whole"), split))

@@ -87,6 +87,30 @@ def test_a_live_lock_refuses_a_second_run(tmp_path, dataset, gguf_path, capsys):
         holder.wait()
 
 
+def test_a_resume_of_a_live_run_says_in_use_before_reading_its_checkpoints(tmp_path, dataset, gguf_path, capsys):
+    """The first run is mid-checkpoint (its newest trainer state half written): a second --resume,
+    through a symlink or with no value, is "in use by pid N", not a corrupt checkpoint."""
+    run = tmp_path / "run"
+    _short(run, dataset, gguf_path)
+    (tmp_path / "link").symlink_to(run)
+    state = run / "checkpoints" / "step_000002" / TRAINER_STATE
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "then"}))
+        before = file_tree(run)
+        for argv in (["--resume", str(tmp_path / "link")], ["--resume", str(state.parent)],
+                     [*_overrides(tmp_path / "link", dataset, gguf_path), "--resume"]):
+            assert CT.main(argv) == 2
+            err = _one_line_error(capsys)
+            assert f"is in use by another run (pid {holder.pid} on this host, started then" in err, err
+        assert file_tree(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_stale_lock_is_taken_over_and_the_lock_is_released(tmp_path, dataset, gguf_path, monkeypatch, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -457,3 +481,68 @@ def test_plot_faults_are_one_line_and_write_nothing(tmp_path, capsys):
     assert sorted(os.listdir(run)) == ["metrics.jsonl"] and not out.parent.exists()
     assert CT.main(["plot", str(run), "--out", str(tmp_path / "loss.png")]) == 0  # the same run, a good --out
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- round 3: data that changed under a run --
+
+def _copy_dataset(dataset, dest):
+    shutil.copytree(dataset, dest)
+    return str(dest)
+
+
+def _replace_shard(directory, name, tokens):
+    """A shard rewritten with other tokens and meta.json updated to match: the corpus prepared again."""
+    import numpy as np
+
+    from smollm.data import read_meta, write_shard
+    from smollm.files import atomic_write_json
+
+    meta = read_meta(directory)
+    entry = next(e for e in meta["shards"] if e["file"] == name)
+    entry.update(write_shard(os.path.join(directory, name), np.asarray(tokens), meta["vocab_size"], meta["eos_id"]))
+    atomic_write_json(os.path.join(directory, "meta.json"), meta)
+
+
+def test_a_shard_changed_in_place_is_found_at_open_and_by_verify(tmp_path, dataset, gguf_path, capsys):
+    from smollm.cli.prepare import main as prepare_main
+
+    data = _copy_dataset(dataset, tmp_path / "data")
+    shard = os.path.join(data, "train_000000.bin")
+    assert prepare_main(["--verify", data]) == 0
+    assert capsys.readouterr().out.strip().endswith("shards match their checksums")
+    size = os.path.getsize(shard)
+    with open(shard, "r+b") as f:  # bytes between the sampled blocks: only a full check sees them
+        f.seek(size // 2 + 5000)
+        f.write(b"\x07\x00" * 8)
+    assert prepare_main(["--verify", data]) == 2
+    assert one_line(capsys.readouterr().err) == (f"prepare: error: {shard}: changed since it was prepared (its bytes "
+                                                 f"differ from the checksum in meta.json); prepare the dataset again "
+                                                 f"into a new directory")
+    with open(shard, "r+b") as f:  # the first block: what every open reads
+        f.seek(1024)
+        f.write(b"\x07\x00" * 8)
+    assert CT.main(_overrides(tmp_path / "run", data, gguf_path)) == 2
+    assert _one_line_error(capsys) == (f"error: {shard}: changed since it was prepared (its bytes differ from the "
+                                       f"checksum in meta.json); prepare the dataset again into a new directory")
+    assert not list_checkpoints(str(tmp_path / "run"))
+
+
+def test_a_resume_onto_other_data_or_another_seed_says_so(tmp_path, dataset, gguf_path, capsys):
+    from smollm.data import open_shard
+
+    data = _copy_dataset(dataset, tmp_path / "data")
+    run = tmp_path / "run"
+    assert CT.main(_overrides(run, data, gguf_path, "train.max_steps=3")) == 0
+    capsys.readouterr()
+    assert CT.main(["--resume", str(run), "train.max_steps=4", "log.ckpt_every=4", "train.seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: train.seed=7 differs from the checkpoint's 1337: the data order changes from here on (resume " \
+           "with train.seed=1337 to keep it)" in out, out
+    val = os.path.join(data, "val_000000.bin")
+    _replace_shard(data, "val_000000.bin", open_shard(val)[::-1].copy())
+    assert CT.main(["--resume", str(run), "train.max_steps=5", "log.ckpt_every=5", "train.seed=7"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("warning: data.path")]
+    assert len(line) == 1 and line[0].startswith(f"warning: data.path {data} is not the data this run trained on "
+                                                 f"(1 shard changed; dataset ")
+    assert line[0].endswith(": the validation split changed, so val loss from here on does not compare with before; "
+                            "training goes on with it")

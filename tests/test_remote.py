@@ -3,6 +3,7 @@ S3 HTTP API, s3fs talks to it over HTTP as to AWS. Uploads of every checkpoint a
 from the URL on an empty disk (the same losses, to the bit), a store that goes away mid-run and comes
 back, a SIGKILL mid-upload, a wrong bucket and bad credentials at start-up."""
 
+import json
 import os
 import shutil
 import signal
@@ -19,12 +20,13 @@ from moto import server as moto_server
 from conftest import micro_run_overrides, one_line, save_step, sigterm_during_step
 
 import smollm.remote as R
+import smollm.remote.store as RS
 import smollm.cli.train as CT
 import smollm.training.loop as L
 import smollm.training.trainer as TR
 from smollm.checkpoint import TRAINER_STATE, latest_checkpoint
 from smollm.metrics import read_metrics
-from smollm.runs import RUN_FILES, Run
+from smollm.runs import OWNER, RUN_FILES, RUN_ID, Run
 from smollm.sources import load
 from smollm.train_config import RunConfig, apply_overrides
 
@@ -54,7 +56,7 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(R, "BACKOFF", 0.05)  # the retries' pauses, short for the tests
+    monkeypatch.setattr(RS, "BACKOFF", 0.05)  # the retries' pauses, short for the tests
 
 
 @pytest.fixture
@@ -103,7 +105,10 @@ def test_a_run_uploads_every_checkpoint_and_run_file(s3, bucket, tmp_path, datas
     local, remote = _local_files(run), _remote_files(_store(s3, url))
     # The remote holds what the local run holds (its trainer states pruned the same way), byte for byte;
     # the local console log has one more line, said after the last upload: that it went well.
-    kept = {k: v for k, v in local.items() if not k.startswith("tensorboard/")}
+    kept = {k: v for k, v in local.items() if not k.startswith("tensorboard/") and k != RUN_ID}
+    # The store says which run directory writes it; the run says which run it is.
+    owner = json.loads(remote.pop(OWNER))
+    assert owner["path"] == os.path.realpath(run) and owner["id"] == json.loads(local[RUN_ID])["id"]
     assert set(remote) == set(kept), set(remote) ^ set(kept)
     assert all(remote[k] == kept[k] for k in kept if k != "train.log")
     assert kept["train.log"].startswith(remote["train.log"])
@@ -373,7 +378,7 @@ def test_an_optimizer_state_pruned_during_its_upload_is_not_an_error(tmp_path, m
 
 def test_transfers_retry_with_back_off(monkeypatch):
     pauses = []
-    monkeypatch.setattr(R.time, "sleep", pauses.append)
+    monkeypatch.setattr(RS.time, "sleep", pauses.append)
 
     def failing(times: int, error: Exception):
         calls = []

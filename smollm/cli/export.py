@@ -25,13 +25,17 @@ def export_parser() -> Parser:
 def run(args) -> int:
     """train.py export with its parsed arguments."""
     from smollm.export import export_run
-    from smollm.remote import is_url, upload_dir
+    from smollm.remote import connect, is_url, upload_dir
+    from smollm.remote.owner import check_not_own_copy
 
     try:
         if is_url(args.out):
+            saved = _saved_log(args.run)
+            options = dict(saved.get("remote_options") or {})
+            check_not_own_copy(connect(args.out, options, where="export"), args.run, saved.get("remote"))
             with tempfile.TemporaryDirectory() as tmp:
                 local = export_run(args.run, os.path.join(tmp, "model"), args.checkpoint)
-                upload_dir(local, args.out, _saved_remote_options(args.run), overwrite=args.overwrite)
+                upload_dir(local, args.out, options, overwrite=args.overwrite)
             out = args.out
         else:
             out = export_run(args.run, args.out, args.checkpoint, args.overwrite)
@@ -42,14 +46,16 @@ def run(args) -> int:
     return 0
 
 
-def _saved_remote_options(run_dir: str) -> dict:
-    """log.remote_options of a run's config.yaml (an S3-compatible store's endpoint), else none."""
+def _saved_log(run_dir: str) -> dict:
+    """The log section of a run's config.yaml (log.remote, and log.remote_options: an S3-compatible
+    store's endpoint), else an empty one."""
     import yaml
 
     from smollm.runs import Run
 
     try:
         with open(Run(run_dir).config) as f:
-            return dict((yaml.safe_load(f) or {}).get("log", {}).get("remote_options") or {})
+            log = (yaml.safe_load(f) or {}).get("log", {})
+        return dict(log) if isinstance(log, dict) else {}
     except (OSError, yaml.YAMLError, AttributeError):
         return {}

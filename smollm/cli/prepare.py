@@ -46,7 +46,10 @@ def _main(argv) -> int:
                    help="'stdlib' (offline default: the Python standard library's sources), 'hf' "
                         f"(= hf:{HF_DATASET}:{HF_CONFIG}, streamed), hf:NAME[:CONFIG], or local files/globs "
                         "(txt, jsonl, parquet)")
-    p.add_argument("--out", required=True, help="dataset directory (created; a partial one is resumed)")
+    p.add_argument("--out", default=None, help="dataset directory (created; a partial one is resumed)")
+    p.add_argument("--verify", default=None, metavar="DIR",
+                   help="check every byte of a prepared dataset's shards against meta.json's checksums (training "
+                        "checks a sample of each at every start), and exit")
     p.add_argument("--tokenizer", default=None, help="tokenizer path or hub id (default: resolved as in the README)")
     p.add_argument("--column", default="text", help="text column of jsonl/parquet/hf sources")
     p.add_argument("--tokens", default=None, help="token budget, e.g. 1.2B (default: the whole source)")
@@ -56,6 +59,10 @@ def _main(argv) -> int:
                    help="tokenizer processes (default: cores/2)")
     p.add_argument("--threads", type=int, default=None, help="encoding threads per process (default: cores/workers)")
     args = p.parse_args(argv)
+    if args.verify is not None:
+        return _verify(args.verify)
+    if args.out is None:
+        p.error("the following arguments are required: --out")
     if not 0 <= args.val_fraction < 1:
         p.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
@@ -87,4 +94,22 @@ def _main(argv) -> int:
     print("text: read as UTF-8; a local file with invalid UTF-8 stops the run, naming file and line"
           + ("; the standard library's few deliberately non-UTF-8 test files are left out" if "stdlib" in args.source
              else ""))
+    return 0
+
+
+def _verify(directory: str) -> int:
+    """--verify: every shard's sha256 against meta.json; the first that differs is the error."""
+    import os
+
+    from smollm.data import read_meta, verify_shard
+
+    shards = read_meta(directory).get("shards", [])
+    unchecked = [s["file"] for s in shards if "sha256" not in s]
+    for entry in shards:
+        path = os.path.join(directory, entry["file"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: listed in meta.json but missing")
+        verify_shard(path, entry, full=True)
+    print(f"{directory}: {len(shards) - len(unchecked)} shards match their checksums"
+          + (f"; {len(unchecked)} have none (prepared before checksums were recorded)" if unchecked else ""))
     return 0

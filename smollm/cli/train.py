@@ -75,7 +75,7 @@ def train_command(args) -> int:
                               f"after it (train.py --resume RUN {args.resume}), or use --resume with no value "
                               f"last (train.py {args.resume} --resume) for log.out_dir's latest checkpoint")
         if args.resume not in (None, "latest") and is_url(args.resume):
-            args.resume = fetch_remote_run(args.resume, args.overrides)
+            args.resume, args.overrides = fetch_remote_run(args.resume, args.overrides)
         if args.resume not in (None, "latest"):
             cfg, ckpt = resumed_config(args.resume, args.config, args.overrides)
         else:

@@ -65,7 +65,7 @@ def tokenize_docs(docs: Iterator[str], tok, shards: Shards, *, workers: int, thr
     plain = progress and not sys.stderr.isatty()
     bar = tqdm(desc=f"tokenizing -> {shards.out}", unit=" tok", unit_scale=True, mininterval=1.0,
                disable=not progress or plain)
-    seen_docs, seen_tokens, stop, waited = 0, 0, None, 0.0
+    seen_docs, seen_tokens, stop, waited, patience = 0, 0, None, 0.0, 120.0
     pool = ctx.Pool(workers, initializer=init_worker, initargs=(tok.backend_tokenizer.to_str(), threads))
     in_flight: deque = deque()
     encoded = _encode_ahead(pool, _batched(docs, batch_docs), val_fraction, ahead=2 * workers, in_flight=in_flight)
@@ -97,9 +97,12 @@ def tokenize_docs(docs: Iterator[str], tok, shards: Shards, *, workers: int, thr
             bar.set_postfix(docs_per_s=f"{seen_docs / elapsed:,.0f}", tok_per_s=f"{seen_tokens / elapsed:,.0f}")
             if stop is not None:
                 break
+    except (WorkerDied, KeyboardInterrupt):
+        patience = 5.0  # a lost batch never comes, and Ctrl-C means now: wait briefly for the others
+        raise
     finally:
         encoded.close()  # submits nothing more
-        _stop_pool(pool, in_flight)
+        _stop_pool(pool, in_flight, patience)
         bar.close()
     return stop, waited
 
@@ -111,8 +114,15 @@ def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float, ahead
     never sits in memory. `in_flight` (the caller's, empty) holds the batches submitted and not yet
     taken, for _stop_pool to wait for."""
     in_flight.extend(pool.apply_async(encode_batch, (batch, val_fraction)) for batch in islice(batches, ahead))
+    workers = _worker_pids(pool)
     while in_flight:
         t_wait = time.perf_counter()
+        while not in_flight[0].ready():  # polled: a worker that died never sends its batch back
+            in_flight[0].wait(POLL)
+            if not in_flight[0].ready() and (gone := workers - _worker_pids(pool)):
+                raise WorkerDied(f"a tokenizer worker (pid {min(gone)}) died with a batch in flight (killed from "
+                                 f"outside, or out of memory); the shards committed so far are kept: run the same "
+                                 f"command again to resume")
         result = in_flight[0].get()
         in_flight.popleft()
         waited = time.perf_counter() - t_wait
@@ -120,6 +130,18 @@ def _encode_ahead(pool, batches: Iterator[list[str]], val_fraction: float, ahead
         if batch is not None:
             in_flight.append(pool.apply_async(encode_batch, (batch, val_fraction)))
         yield result, waited
+
+
+POLL = 0.5  # seconds between looks at the workers while a batch is awaited
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker exited while the run waited for its batch (the pool replaces the process, not the batch)."""
+
+
+def _worker_pids(pool) -> set[int]:
+    # The pool's own list of its processes: a replaced one is a worker that died (they never exit otherwise).
+    return {p.pid for p in pool._pool}
 
 
 def _stop_pool(pool, in_flight: deque, patience: float = 120.0) -> None:

@@ -121,10 +121,10 @@ class Shards:
         for split in SPLITS:
             if self.counts[split]:
                 name = shard_name(split, self.commits)
-                write_shard(os.path.join(self.out, name), np.concatenate(self.buffers[split]), self.vocab_size,
-                            self.eos_id)
+                sums = write_shard(os.path.join(self.out, name), np.concatenate(self.buffers[split]),
+                                   self.vocab_size, self.eos_id)
                 meta["shards"].append({"file": name, "split": split, "index": self.commits,
-                                       "tokens": self.counts[split], "documents": self.doc_counts[split]})
+                                       "tokens": self.counts[split], "documents": self.doc_counts[split], **sums})
                 meta["tokens"][split] += self.counts[split]
                 meta["documents"][split] += self.doc_counts[split]
             self.buffers[split].clear()

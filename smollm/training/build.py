@@ -11,16 +11,18 @@ import torch
 from tqdm import tqdm
 
 from smollm.checkpoint import load_checkpoint, resolve_resumable
-from smollm.data import BatchLoader
+from smollm.data import BatchLoader, dataset_identity
 from smollm.metrics import Console, Eta
 from smollm.model import SmolLM
+from smollm.remote.owner import check_owner, identity_for_start, owner_record
 from smollm.runs import Run, release_lock
+from smollm.samples import read_samples
 from smollm.train_config import RunConfig
-from smollm.training.dataset import load_run_tokenizer, open_data
+from smollm.training.dataset import load_run_tokenizer, open_data, ready_dataset
 from smollm.training.device import check_fits, pick_device, ran_dtype
 from smollm.training.optimizer import apply_mid_run_settings, make_optimizer, make_scheduler
 from smollm.training.parallel import Dist, init_distributed, parallelize
-from smollm.training.resume import restore, resume_changes
+from smollm.training.resume import data_changes, restore, resume_changes
 from smollm.training.rundir import open_log, remove_created_dirs, start_run_dir
 from smollm.training.signals import StopSignal
 from smollm.training.step import NonFiniteGuard
@@ -55,12 +57,15 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=ran_dtype(cfg, device)))
     check_fits(cfg, device)
     store = open_remote(cfg) if cfg.log.remote and d.main else None
-    ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
-    saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
-    changes = resume_changes(saved[2], cfg, ckpt) if saved else []
-    run, created = start_run_dir(cfg, d, resume)
+    run, created = start_run_dir(cfg, d, resume)  # locked first: what is read below is not being written
     try:
-        return _build(cfg, d, device, run, ckpt, saved, changes, store)
+        ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
+        saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
+        changes = resume_changes(saved[2], cfg, ckpt) if saved else []
+        run_id = identity_for_start(run.path, fresh=resume is None)
+        note = check_owner(store, run_id, run.path, fresh=resume is None) if store is not None else None
+        ready_dataset(cfg, d)
+        return _build(cfg, d, device, run, ckpt, saved, changes, store, run_id, note)
     except BaseException:
         if d.main:
             release_lock(run.path)
@@ -69,7 +74,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
 
 
 def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes,
-           store) -> Trainer:
+           store, run_id: dict, note: str | None) -> Trainer:
     train_windows, val_windows = open_data(cfg, d)
     console = Console(run.path if d.main else None)
     tokenizer = load_run_tokenizer(cfg) if d.main else None
@@ -80,9 +85,12 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     opt = make_optimizer(model, cfg, device)
     sched = make_scheduler(opt, cfg)
     state = None
+    data_id = dataset_identity(cfg.data.path)
     if saved:
         weights, state, _ = saved
         restore(ckpt, weights, state, model, opt, sched, cfg, d)
+        if d.main and (line := data_changes(state.data_identity, data_id, cfg.data.path)):
+            print(line, flush=True)
         if changes:
             apply_mid_run_settings(opt, sched, cfg)
             if d.main:
@@ -94,8 +102,10 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
 
     log = None
     if d.main:
-        log = open_log(cfg, run, step)
+        log = open_log(cfg, run, step if saved else -1, run_id)  # a new run: no record of an earlier start
         console.say(banner(cfg, run, d, device, model.config.n_params, ckpt, step))
+        if note:
+            console.say(note)
     # The bar only on a terminal: in a log file it is one endless line of carriage returns (the
     # console's lines say the same, plainly).
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step",
@@ -107,10 +117,16 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     if store is not None:
         from smollm.remote import Uploader
 
-        uploader = Uploader(run, store, cfg.log.keep_trainer_states, warn=lambda line: console.say(line, err=True))
-    return Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
+        uploader = Uploader(run, store, cfg.log.keep_trainer_states, warn=lambda line: console.say(line, err=True),
+                            owner=owner_record(run_id, run.path))
+    t = Trainer(cfg=cfg, run=run, d=d, device=device, model=model, fwd=fwd, ddp=ddp, opt=opt, sched=sched,
                    loader=loader, val_windows=val_windows, tokenizer=tokenizer, log=log,
                    guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
                    eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
-                   last_val=state.last_val_loss if state else None)
+                   last_val=state.last_val_loss if state else None, data_identity=data_id)
+    if saved and d.main and not any(r["step"] == step for r in read_samples(run.path)):
+        # A kill between the checkpoint's rename and its samples: the record an uninterrupted run has.
+        console.say(f"note: {ckpt} has no samples record (the run stopped before writing it); writing it now")
+        t.write_samples()
+    return t

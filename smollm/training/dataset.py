@@ -10,6 +10,16 @@ from smollm.train_config import ConfigError, RunConfig
 from smollm.training.parallel import Dist
 
 
+def ready_dataset(cfg: RunConfig, d: Dist) -> None:
+    """ensure_dataset on rank 0 while the other ranks wait."""
+    if d.main:
+        ensure_dataset(cfg)
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def ensure_dataset(cfg: RunConfig) -> dict:
     """The shards at data.path; prepared first (from data.source) when there are none yet. A finished
     dataset is used as it is: where data.source, data.tokens or data.val_fraction say otherwise, a

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from smollm.checkpoint import TrainerState, load_checkpoint, resolve_resumable, set_rng_states
-from smollm.runs import CHECKPOINTS, CONFIG
+from smollm.runs import CONFIG, is_run_dir, refuse_if_locked, run_of_checkpoint
 from smollm.train_config import ConfigError, RunConfig, ScheduleSection, apply_overrides, from_dict, load_config
 from smollm.training.parallel import Dist
 from smollm.weights import load_state_checked
@@ -21,6 +21,25 @@ def restore(ckpt: str, weights: dict, state: TrainerState, model, opt, sched, cf
     set_rng_states(state.rng)
     if state.global_batch != d.world * cfg.train.micro_batch * cfg.train.grad_accum:
         print("warning: the global batch differs from the checkpoint's; the data order changes", flush=True)
+    if state.seed != cfg.train.seed:
+        print(f"warning: train.seed={cfg.train.seed} differs from the checkpoint's {state.seed}: the data order changes "
+              f"from here on (resume with train.seed={state.seed} to keep it)", flush=True)
+
+
+def data_changes(before: dict | None, now: dict | None, path: str) -> str | None:
+    """A warning when the data at path is not the data a checkpoint trained on (smollm.data.dataset_identity
+    of both; nothing to say when either is unknown)."""
+    if not before or not now or before["id"] == now["id"]:
+        return None
+    old, new = before["shards"], now["shards"]
+    changed = sorted(f for f in old if f in new and old[f] != new[f])
+    added, gone = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    what = ", ".join(f"{len(x)} shard{'s' if len(x) != 1 else ''} {verb}" for x, verb in
+                     ((changed, "changed"), (added, "added"), (gone, "gone")) if x)
+    val = any(f.startswith("val_") for f in changed + added + gone)
+    return (f"warning: data.path {path} is not the data this run trained on ({what}; dataset {before['id']} -> "
+            f"{now['id']}){': the validation split changed, so val loss from here on does not compare with before' if val else ''}; "
+            f"training goes on with it")
 
 
 # What a resumed run may change (applied to the restored optimizer and scheduler), and what it may not.
@@ -52,17 +71,15 @@ def resume_changes(saved_yaml: str, cfg: RunConfig, ckpt: str) -> list[tuple[str
 
 
 def run_dir_of(ckpt: str) -> str | None:
-    """The run directory a checkpoint belongs to (<run>/checkpoints/step_N), or None for a loose one."""
-    ckpt = os.path.normpath(ckpt)
-    parent = os.path.dirname(ckpt)
-    if os.path.basename(parent) != CHECKPOINTS:
-        return None
-    return os.path.dirname(parent) or "."
+    """The run directory a checkpoint belongs to, or None for a loose one."""
+    return run_of_checkpoint(ckpt)
 
 
-def fetch_remote_run(url: str, overrides: list[str]) -> str:
+def fetch_remote_run(url: str, overrides: list[str]) -> tuple[str, list[str]]:
     """--resume URL: the remote run's files and newest resumable checkpoint brought into log.out_dir=
-    when given, else into the out_dir its own config names (smollm.remote.fetch_run); returns it."""
+    when given, else into the out_dir its own config names (smollm.remote.fetch_run). Returns it and
+    the overrides the run goes on with: it mirrors back to url (not to the log.remote its config names,
+    which is another run's copy when url is a copy), unless log.remote=... is given."""
     import yaml
 
     from smollm.remote import RemoteError, connect, describe, fetch_run
@@ -81,8 +98,11 @@ def fetch_remote_run(url: str, overrides: list[str]) -> str:
             raise
         except Exception as e:  # noqa: BLE001 -- the store's own errors
             raise RemoteError(f"--resume: cannot read {url} ({describe(e)})") from None
-    print(f"resume: fetching {url} into {dest}", flush=True)
-    return fetch_run(url, dest, options)
+    mirror = given.log.remote if _overridden(overrides, "log.remote") else url
+    print(f"resume: fetching {url} into {dest}; the run goes on mirroring to {mirror or 'nowhere (log.remote=)'}",
+          flush=True)
+    dest = fetch_run(url, dest, options)
+    return dest, overrides if _overridden(overrides, "log.remote") else [*overrides, f"log.remote={url}"]
 
 
 def _overridden(overrides: list[str], key: str) -> bool:
@@ -96,6 +116,7 @@ def resumed_config(resume: str, config: str | None, overrides: list[str]) -> tup
     copy), unless log.out_dir=... says otherwise."""
     import yaml
 
+    refuse_if_locked(resume if is_run_dir(resume) else run_of_checkpoint(resume) or resume)
     ckpt = resolve_resumable(resume)
     if config is None:
         _, _, saved = load_checkpoint(ckpt)

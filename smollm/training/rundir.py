@@ -1,6 +1,6 @@
-"""The run directory a start takes (layout: smollm.runs): locked by rank 0, refused when it already
-holds a run not being resumed, cleared of a killed checkpoint's leftovers, its dataset made ready, and
-undone again when the start fails; then its log opened."""
+"""The run directory a start takes (layout: smollm.runs): locked by rank 0 before anything in it is
+read, refused when it already holds a run not being resumed, cleared of a killed checkpoint's leftovers,
+and undone again when the start fails; then its identity written and its log opened."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import contextlib
 import os
 import shutil
 
-import torch.distributed as dist
-
 from smollm.checkpoint import list_checkpoints
 from smollm.files import atomic_write_text, nearest_existing
 from smollm.metrics import MetricsLog
 from smollm.runs import TMP_PREFIX, Run, acquire_lock, release_lock
+from smollm.remote.owner import write_identity
 from smollm.samples import truncate_samples_after
 from smollm.train_config import RunConfig
-from smollm.training.dataset import ensure_dataset
 from smollm.training.parallel import Dist
 
 
@@ -73,9 +71,10 @@ def _check_out_dir(path: str) -> None:
 
 
 def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> tuple[Run, str | None]:
-    """The run directory (locked by rank 0: smollm.runs.acquire_lock) and its dataset, made ready by
-    rank 0 while the other ranks wait. Also returns the outermost directory this start created (None:
-    none), removed again if the start fails while it is empty."""
+    """The run directory, locked by rank 0 (smollm.runs.acquire_lock) before its checkpoints are read: a
+    second start of a live run is "in use by pid N", never a half-written checkpoint read. Also returns
+    the outermost directory this start created (None: none), removed again if the start fails while it
+    is empty."""
     run = Run(cfg.log.out_dir)
     created = None
     if d.main:
@@ -92,19 +91,17 @@ def start_run_dir(cfg: RunConfig, d: Dist, resume: str | None) -> tuple[Run, str
             raise
         try:
             remove_checkpoint_leftovers(run)
-            ensure_dataset(cfg)
         except BaseException:
             release_lock(run.path)
             remove_created_dirs(run.path, created)
             raise
-    if d.world > 1:
-        dist.barrier()
     return run, created
 
 
-def open_log(cfg: RunConfig, run: Run, step: int) -> MetricsLog:
-    """metrics.jsonl and the samples cut back to `step` (a resumed run writes what came after its
-    checkpoint again), and config.yaml of this start."""
+def open_log(cfg: RunConfig, run: Run, step: int, identity: dict) -> MetricsLog:
+    """The run's identity (smollm.remote.owner), metrics.jsonl and the samples cut back to `step` (a
+    resumed run writes what came after its checkpoint again), and config.yaml of this start."""
+    write_identity(run.path, identity)
     log = MetricsLog(run.path, cfg.log.tensorboard)
     log.truncate_after(step)
     truncate_samples_after(run.path, step, run.title)

@@ -79,6 +79,7 @@ class Trainer:
     # steps since the previous log line, as of the latest step the host read.
     last_loss: float | None = None
     last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+    data_identity: dict | None = None  # what the checkpoints record of the data (smollm.data.dataset_identity)
 
     def amp(self):
         """The autocast context of one micro-batch's forward."""
@@ -156,7 +157,7 @@ class Trainer:
         return TrainerState(step=self.step, tokens=self.tokens, seed=c.train.seed, world_size=self.d.world,
                             micro_batch=c.train.micro_batch, grad_accum=c.train.grad_accum,
                             optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states(),
-                            last_loss=self.last_loss, last_val_loss=self.last_val)
+                            last_loss=self.last_loss, last_val_loss=self.last_val, data_identity=self.data_identity)
 
     def save(self) -> None:
         """A checkpoint of this step, then the fixed prompts continued by its weights (rank 0)."""
@@ -168,15 +169,20 @@ class Trainer:
                              f"from an earlier step")
         path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
                                keep_trainer_states=c.log.keep_trainer_states)
-        s = c.sample
+        self.write_samples()
+        self.console.say(f"checkpoint {path}")
+        if self.uploader is not None:
+            self.uploader.sync()  # in the background: the next step does not wait for it
+
+    def write_samples(self) -> None:
+        """The samples record of this step's checkpoint: the fixed prompts continued by its weights
+        (on their own generator: the training RNG is not touched)."""
+        s = self.cfg.sample
         texts = continuations(self.model, self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
         self.model.train()
         val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
         add_samples(self.run.path, {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
                                     "val_loss": val, "prompts": s.prompts, "texts": texts}, self.run.title)
-        self.console.say(f"checkpoint {path}")
-        if self.uploader is not None:
-            self.uploader.sync()  # in the background: the next step does not wait for it
 
     def summary(self, stopped: str | None) -> dict:
         return {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
@@ -201,7 +207,10 @@ class Trainer:
         self.uploader.sync()
         missing = self.uploader.close(timeout=wait)
         url = self.cfg.log.remote
-        if missing:
+        if self.uploader.lost:  # said when it happened; the run's end says what it means
+            self.console.say(f"warning: remote: {self.uploader.lost}; not uploaded there: {', '.join(missing)} (they "
+                             f"are in {self.run.checkpoints})", err=True)
+        elif missing:
             self.console.say(f"warning: remote: not uploaded to {url} after waiting {wait:g} s: {', '.join(missing)} "
                              f"(they are in {self.run.checkpoints}); run train.py --resume {self.run.path} to "
                              f"upload them", err=True)
