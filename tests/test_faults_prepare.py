@@ -311,3 +311,33 @@ def test_a_killed_worker_stops_prepare_with_one_line_and_it_resumes(tmp_path, gg
     assert main(args[:2] + ["--out", str(tmp_path / "whole")] + args[4:]) == 0
     for split in ("train", "val"):
         np.testing.assert_array_equal(_stream(str(tmp_path / "ds"), split), _stream(str(tmp_path / "whole"), split))
+
+
+@pytest.mark.parametrize("row, line", [
+    ("null", "a JSON null (null), not an object with a 'text' column"),
+    ("5", "a JSON number (5), not an object with a 'text' column"),
+    ('"just a string"', "a JSON string (\"just a string\"), not an object with a 'text' column"),
+    ('{"text": null}', "column 'text' is null, not text"),
+    ('{"text": 12}', "column 'text' is number 12, not text"),
+    ('{"text": ["a"]}', "column 'text' is array [\"a\"], not text"),
+])
+def test_a_corpus_row_that_is_not_a_document_names_file_and_line(tmp_path, tokenizer, row, line):
+    path = tmp_path / "a.jsonl"
+    _jsonl(path, DOCS[:3])
+    with open(path, "a") as f:
+        f.write(row + "\n")
+    with pytest.raises(ValueError) as e:
+        _run([str(path)], tmp_path / "ds", tokenizer)
+    assert str(e.value).startswith(f"{path}:4: {line}"), str(e.value)
+    assert not mp.active_children()
+
+
+def test_a_parquet_null_document_names_file_and_row(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"text": ["one doc", "two doc", None]}), path)
+    with pytest.raises(ValueError) as e:
+        _run([str(path)], tmp_path / "ds", tokenizer)
+    assert str(e.value) == f"{path}: row 3: column 'text' is null, not text"

@@ -94,9 +94,12 @@ def _jsonl_column(path: str, column: str) -> Iterator[str]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: a JSON {_json_kind(row)} ({line.strip()[:40]}), not an object with a "
+                                 f"{column!r} column; each line of a .jsonl source is one document's object")
             if column not in row:
                 raise KeyError(f"{path}:{n}: no column {column!r} (columns: {sorted(row)})")
-            yield row[column]
+            yield _text(row[column], f"{path}:{n}", column)
 
 
 def _parquet_column(path: str, column: str) -> Iterator[str]:
@@ -105,8 +108,29 @@ def _parquet_column(path: str, column: str) -> Iterator[str]:
     pf = pq.ParquetFile(path)
     if column not in pf.schema_arrow.names:
         raise KeyError(f"{path}: no column {column!r} (columns: {pf.schema_arrow.names})")
+    n = 0
     for batch in pf.iter_batches(columns=[column], batch_size=1024):
-        yield from batch.column(0).to_pylist()
+        for value in batch.column(0).to_pylist():
+            n += 1
+            yield _text(value, f"{path}: row {n}", column)
+
+
+def _json_kind(value) -> str:
+    return {type(None): "null", bool: "true/false", int: "number", float: "number", str: "string",
+            list: "array"}.get(type(value), type(value).__name__)
+
+
+def _text(value, where: str, column: str) -> str:
+    """A document's text; anything else is one line naming the file and line (or row)."""
+    if value is None:
+        raise ValueError(f"{where}: column {column!r} is null, not text")
+    if not isinstance(value, str):
+        try:
+            shown = json.dumps(value)[:40]
+        except TypeError:  # parquet's bytes, dates, ...
+            shown = repr(value)[:40]
+        raise ValueError(f"{where}: column {column!r} is {_json_kind(value)} {shown}, not text")
+    return value
 
 
 def iter_hf(dataset: str, config: str | None, column: str, skip: int = 0) -> Iterator[str]:
