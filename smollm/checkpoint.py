@@ -135,8 +135,8 @@ class TrainerState:
     def to_dict(self) -> dict:
         # trainer_state.pt's keys: kept as they are so that existing checkpoints still resume.
         return {"optimizer": self.optimizer, "scheduler": self.scheduler, "step": self.step, "tokens": self.tokens,
-                "data": {"seed": self.seed, "next_step": self.step, "identity": self.data_identity}, "rng": self.rng, "last_loss": self.last_loss,
-                "last_val_loss": self.last_val_loss, "world_size": self.world_size,
+                "data": {"seed": self.seed, "next_step": self.step, "identity": self.data_identity}, "rng": self.rng,
+                "last_loss": self.last_loss, "last_val_loss": self.last_val_loss, "world_size": self.world_size,
                 "micro_batch": self.micro_batch, "grad_accum": self.grad_accum}
 
     @classmethod

@@ -50,35 +50,39 @@ def _sample_spans(size: int) -> list[tuple[int, int]]:
     return [(i * last // (SAMPLE_BLOCKS - 1), SAMPLE_BYTES) for i in range(SAMPLE_BLOCKS)]
 
 
+def _sample_digest(size: int, read) -> str:
+    """sha256 of the size and the sampled blocks, read(offset, length) giving each block's bytes."""
+    h = hashlib.sha256(str(size).encode())
+    for offset, length in _sample_spans(size):
+        h.update(read(offset, length))
+    return h.hexdigest()
+
+
 def shard_checksums(data: bytes) -> dict:
     """{"sha256": of every byte, "sample_sha256": of the size and the sampled blocks} of a shard's bytes:
     what meta.json records for each shard, checked by verify_shard."""
-    sample = hashlib.sha256(str(len(data)).encode())
-    for offset, length in _sample_spans(len(data)):
-        sample.update(data[offset:offset + length])
-    return {"sha256": hashlib.sha256(data).hexdigest(), "sample_sha256": sample.hexdigest()}
+    return {"sha256": hashlib.sha256(data).hexdigest(),
+            "sample_sha256": _sample_digest(len(data), lambda offset, n: data[offset:offset + n])}
 
 
 def verify_shard(path: str, entry: dict, full: bool = False) -> None:
-    """ShardError unless the shard's bytes are those meta.json's entry recorded: the sampled blocks (a
-    few KiB: at every open), or every byte (full: on demand). Nothing to check for entries without
-    checksums (datasets prepared before they were recorded)."""
+    """ShardError unless the shard meta.json's entry lists is there with the bytes it recorded: the
+    sampled blocks (a few KiB: at every open), or every byte (full: on demand). Only its presence is
+    checked for entries without checksums (datasets prepared before they were recorded)."""
+    if not os.path.isfile(path):
+        raise ShardError(f"{path}: listed in meta.json but missing")
     key = "sha256" if full else "sample_sha256"
     if key not in entry:
         return
-    size = os.path.getsize(path)
-    if full:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
+    with open(path, "rb") as f:
+        if full:
+            h = hashlib.sha256()
             while chunk := f.read(1 << 24):
                 h.update(chunk)
-    else:
-        h = hashlib.sha256(str(size).encode())
-        with open(path, "rb") as f:
-            for offset, length in _sample_spans(size):
-                f.seek(offset)
-                h.update(f.read(length))
-    if h.hexdigest() != entry[key]:
+            digest = h.hexdigest()
+        else:
+            digest = _sample_digest(os.path.getsize(path), lambda offset, n: (f.seek(offset), f.read(n))[1])
+    if digest != entry[key]:
         raise ShardError(f"{path}: changed since it was prepared (its bytes differ from the checksum in meta.json); "
                          f"prepare the dataset again into a new directory")
 
@@ -176,8 +180,6 @@ class TokenWindows:
         self.shards = []
         for entry in entries:
             path = os.path.join(directory, entry["file"])
-            if not os.path.isfile(path):
-                raise ShardError(f"{path}: listed in meta.json but missing")
             verify_shard(path, entry)
             self.shards.append(open_shard(path, vocab_size))
         # Window starts of shard i: [0, n_i - T); global index -> (shard, offset) by searchsorted. A shard

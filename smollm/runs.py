@@ -159,16 +159,12 @@ def acquire_lock(run_dir: str) -> str:
             except FileExistsError:
                 pass
             try:
-                with open(path) as f:
-                    holder = json.load(f)
-                pid, host, started = int(holder["pid"]), str(holder["host"]), holder.get("started", "?")
+                holder = _lock_holder(path)
             except FileNotFoundError:
                 continue  # released meanwhile
-            except (ValueError, KeyError, TypeError, OSError):
-                holder = None
-            if holder is not None and (host != me["host"] or _pid_alive(pid)):
-                raise RunLocked(_in_use(run_dir, pid, host, started))
-            what = (f"pid {pid} on this host, started {started}, is no longer running" if holder is not None
+            if holder is not None and _holds(*holder):
+                raise RunLocked(_in_use(run_dir, *holder))
+            what = (f"pid {holder[0]} on this host, started {holder[2]}, is no longer running" if holder is not None
                     else "it is unreadable")
             print(f"warning: taking over the stale lock {path} ({what})", file=sys.stderr, flush=True)
             try:
@@ -178,6 +174,24 @@ def acquire_lock(run_dir: str) -> str:
         raise RunLocked(f"{run_dir}: could not take the lock file {path}; another run is starting there")
     finally:
         os.unlink(tmp)
+
+
+def _lock_holder(path: str) -> tuple[int, str, str] | None:
+    """(pid, host, started) of a lock file; None when it is unreadable (FileNotFoundError: there is none)."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return int(holder["pid"]), str(holder["host"]), str(holder.get("started", "?"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        return None
+
+
+def _holds(pid: int, host: str, started: str) -> bool:
+    """Whether the lock's holder still runs: a process of this host that is alive, or any of another
+    host (whose processes cannot be checked)."""
+    return host != socket.gethostname() or _pid_alive(pid)
 
 
 def _in_use(run_dir: str, pid: int, host: str, started: str) -> str:
@@ -190,13 +204,11 @@ def refuse_if_locked(run_dir: str) -> None:
     """RunLocked when a live process (or one on another host) holds the run's lock: checked before
     reading a run's checkpoints, which that process may be writing (acquire_lock takes it later)."""
     try:
-        with open(Run(run_dir).lock) as f:
-            holder = json.load(f)
-        pid, host, started = int(holder["pid"]), str(holder["host"]), holder.get("started", "?")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        holder = _lock_holder(Run(run_dir).lock)
+    except FileNotFoundError:
         return
-    if host != socket.gethostname() or _pid_alive(pid):
-        raise RunLocked(_in_use(run_dir, pid, host, started))
+    if holder is not None and _holds(*holder):
+        raise RunLocked(_in_use(run_dir, *holder))
 
 
 def release_lock(run_dir: str) -> None:

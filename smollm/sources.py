@@ -21,9 +21,9 @@ def load(source: str, kernels: str = "torch", tokenizer: str | None = None):
 
 
 def load_resolved(source: str, kernels: str = "torch", tokenizer: str | None = None):
-    """(model, tokenizer, where the weights came from) of a model source: a run directory (its latest checkpoint), a checkpoint or
-    Hugging Face directory, a .gguf file, a hub id (smollm.weights.load_model), or the URL of a run's
-    remote copy (smollm.remote.fetch_weights; the store's options from its environment). The tokenizer is
+    """(model, tokenizer, where the weights came from) of a model source: a run directory (its newest good
+    checkpoint), a checkpoint or Hugging Face directory, a .gguf file, a hub id (smollm.weights.load_model),
+    or the URL of a run's remote copy (smollm.remote.fetch_weights; the store's options from its environment). The tokenizer is
     `tokenizer` when given, else the one saved beside the weights (a checkpoint, an export with its
     tokenizer.json, a GGUF), else the default one (smollm.tokenizer.load_tokenizer)."""
     source = os.fspath(source)

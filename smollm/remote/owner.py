@@ -104,7 +104,8 @@ def check_owner(store: Store, ident: dict, run_dir: str, fresh: bool) -> str | N
     if owner["path"] == here:
         return None
     if ident.get("remote") == url and ident["home"] == here:
-        return f"remote: {url} was the copy of {owner['path']} on {owner['host']}; this run, fetched from it, now writes it"
+        return (f"remote: {url} was the copy of {owner['path']} on {owner['host']}; this run, fetched from it, now "
+                f"writes it")
     if owner["host"] == socket.gethostname() and not _holds_run(owner["path"], ident["id"]):
         return f"remote: {url} was the copy of {owner['path']}, which no longer holds the run; {here} now writes it"
     raise RemoteError(f"log.remote: {url} is the remote copy of the run at {owner['path']} on {owner['host']}, and "

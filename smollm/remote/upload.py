@@ -106,7 +106,8 @@ class Uploader:
                     lost.append(name)
                     del self.uploaded[name]
                 self._upload_checkpoint(name, info, have)
-                there.update({f"{name}/{f}": size for f, size in _sizes(os.path.join(self.run.checkpoints, name)).items()})
+                sizes = _sizes(os.path.join(self.run.checkpoints, name))
+                there.update({f"{name}/{f}": size for f, size in sizes.items()})
             if lost:
                 self.warn(f"warning: remote: {self.store.url} had lost {', '.join(lost)} (uploaded before); uploaded "
                           f"again")
@@ -147,7 +148,9 @@ class Uploader:
         local = _sizes(os.path.join(self.run.checkpoints, name))
         if any(have.get(f) != size for f, size in local.items()):
             return False
-        return self.uploaded.get(name) == info or retry(lambda: self.store.read(f"{CHECKPOINTS}/{name}/{CHECKPOINT_INFO}")) == info
+        if self.uploaded.get(name) == info:
+            return True
+        return retry(lambda: self.store.read(f"{CHECKPOINTS}/{name}/{CHECKPOINT_INFO}")) == info
 
     def _upload_checkpoint(self, name: str, info: bytes, have: dict[str, int]) -> None:
         """The files of the local checkpoint `name` the store lacks (all of them when the store holds

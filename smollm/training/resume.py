@@ -26,6 +26,9 @@ def restore(ckpt: str, weights: dict, state: TrainerState, model, opt, sched, cf
               f"from here on (resume with train.seed={state.seed} to keep it)", flush=True)
 
 
+VAL_CHANGED = ": the validation split changed, so val loss from here on does not compare with before"
+
+
 def data_changes(before: dict | None, now: dict | None, path: str) -> str | None:
     """A warning when the data at path is not the data a checkpoint trained on (smollm.data.dataset_identity
     of both; nothing to say when either is unknown)."""
@@ -38,8 +41,7 @@ def data_changes(before: dict | None, now: dict | None, path: str) -> str | None
                      ((changed, "changed"), (added, "added"), (gone, "gone")) if x)
     val = any(f.startswith("val_") for f in changed + added + gone)
     return (f"warning: data.path {path} is not the data this run trained on ({what}; dataset {before['id']} -> "
-            f"{now['id']}){': the validation split changed, so val loss from here on does not compare with before' if val else ''}; "
-            f"training goes on with it")
+            f"{now['id']}){VAL_CHANGED if val else ''}; training goes on with it")
 
 
 # What a resumed run may change (applied to the restored optimizer and scheduler), and what it may not.
