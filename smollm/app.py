@@ -21,8 +21,10 @@ from smollm.checkpoint import list_checkpoints
 from smollm.sources import load
 from smollm.cpu_decode import cpu_decode
 from smollm.errors import error_line
+from smollm.eval.results import history_table
 from smollm.files import SourceNotFound
 from smollm.generate import Sampling, generate, text_so_far
+from smollm.metrics import read_metrics
 from smollm.runs import is_run_dir
 from smollm.samples import compare_checkpoints, sample_settings
 from smollm.tokenizer import smollm2_gguf_path
@@ -230,6 +232,24 @@ def _compare_tab(runs: list[str], kernels: str) -> None:
                  table, api_name="compare")
 
 
+def run_scores(run: str | None) -> str:
+    """The Benchmarks tab: a run's scores at each evaluation (eval.* in its config), as a table."""
+    if not run or not is_run_dir(run):
+        return f"{run or 'No run'} is not a run directory."
+    try:
+        table = history_table(read_metrics(run))
+    except ValueError as e:  # a damaged metrics.jsonl line
+        return error_line(e)
+    return table or (f"Run {run} has no benchmark scores yet: they are written at checkpoints when its config "
+                     f"names eval.tasks (README: Evaluation).")
+
+
+def _scores_tab(runs: list[str]) -> None:
+    run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True, elem_id="scores-run")
+    table = gr.Markdown(run_scores(runs[0]) if runs else "", elem_id="scores")
+    run.change(run_scores, run, table, api_name="scores")
+
+
 def build_app(runs: list[str], models: list[str], kernels: str = "torch") -> gr.Blocks:
     with gr.Blocks(title="smollm-triton") as app:
         gr.Markdown("# smollm-triton\nContinue a prompt with one of this run's checkpoints or the real SmolLM2, "
@@ -238,6 +258,8 @@ def build_app(runs: list[str], models: list[str], kernels: str = "torch") -> gr.
             _generate_tab(Models(kernels), model_choices(runs, models))
         with gr.Tab("Compare checkpoints"):
             _compare_tab(runs, kernels)
+        with gr.Tab("Benchmarks"):
+            _scores_tab(runs)
     return app
 
 

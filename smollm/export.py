@@ -2,7 +2,7 @@
 
 OUT gets model.safetensors, config.json, the tokenizer files, loss.png and a README.md model card
 written from the run itself (its config, tokens seen, training time, throughput, final losses, loss
-curve and the samples table), so `AutoModelForCausalLM.from_pretrained(OUT)` loads it as it is and
+curve, the benchmarks of eval.* and the samples table), so `AutoModelForCausalLM.from_pretrained(OUT)` loads it as it is and
 `huggingface-cli upload` publishes it."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import yaml
 
 from smollm.checkpoint import latest_checkpoint
 from smollm.sources import load_resolved
+from smollm.eval.results import is_eval_record, table
 from smollm.files import atomic_dir
 from smollm.metrics import read_metrics
 from smollm.runs import LOSS_PNG, RUN_CONFIG, Run, run_of_checkpoint
@@ -75,8 +76,22 @@ def _samples_section(samples: list[dict]) -> list[str]:
     return lines
 
 
+def _eval_section(m: dict | None) -> list[str]:
+    """The benchmarks of the exported checkpoint (or the latest evaluation before it), with the
+    published SmolLM2-135M rows beside them."""
+    if m is None:
+        return []
+    e = m["eval"]
+    return ["## Evaluation", "",
+            f"Zero-shot, scored as lm-eval-harness scores these tasks (log-likelihood of each choice, its prompts) by "
+            f"`python -m smollm.eval`, at step {m['step']:,} on {e.get('data', '-')}"
+            + (f" (the first {e['limit']:,} records of each task)" if e.get("limit") else "") + ". The published "
+            "rows come from the SmolLM2 model card (lighteval's prompts): a guide to where this run stands, not a "
+            "match.", "", table(e), ""]
+
+
 def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, samples: list[dict],
-               n_params: int, has_plot: bool) -> str:
+               n_params: int, has_plot: bool, evaluation: dict | None = None) -> str:
     sources = run_config.get("data", {}).get("source") or []
     sources = [str(x) for x in (sources if isinstance(sources, list) else [sources])]
     lines = [*_front_matter(sources),
@@ -109,6 +124,7 @@ def model_card(name: str, cfg: dict, run_config: dict, info: dict, stats: dict, 
     lines += [f"| final train loss | {_f(info.get('loss', stats['loss']), '.3f')} |",
               f"| final validation loss | {_f(info.get('val_loss', stats['val_loss']), '.3f')} |",
               f"| data | {', '.join(sources) or '-'} |", ""]
+    lines += _eval_section(evaluation)
     if has_plot:
         lines += ["## Loss curve", "", f"![loss curve]({LOSS_PNG})", ""]
     lines += _samples_section(samples)
@@ -182,8 +198,11 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, overwr
     info = checkpoint_info(ckpt)
     samples = [r for r in read_samples(run_dir) if r["step"] <= info.get("step", float("inf"))]
     plot = Run(run_dir).loss_png
+    scored = [m for m in read_metrics(run_dir) if is_eval_record(m.get("eval"))
+              and m.get("step", 0) <= info.get("step", float("inf"))]
     card = model_card(Run(run_dir).title, model.config.to_hf_dict(), _run_config(ckpt, run_dir), info,
-                      run_stats(run_dir), samples, model.num_params(), os.path.isfile(plot))
+                      run_stats(run_dir), samples, model.num_params(), os.path.isfile(plot),
+                      scored[-1] if scored else None)
     with atomic_dir(out_dir, overwrite) as tmp:
         write_hf_files(model, tmp, tokenizer)
         if os.path.isfile(plot):

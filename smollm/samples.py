@@ -63,11 +63,23 @@ def samples_markdown(records: list[dict], title: str) -> str:
     for r in records:
         lines += [f"## Step {r['step']:,} · {r['tokens']:,} tokens · train loss {_fmt(r.get('loss'), '.3f')} · "
                   f"val loss {_fmt(r.get('val_loss'), '.3f')}", ""]
+        if isinstance(r.get("eval"), dict):
+            lines += [eval_line(r["eval"]), ""]
         for prompt, text in zip(r["prompts"], r["texts"]):
             fence = "````" if "```" in prompt + text else "```"
             shown = json.dumps(prompt, ensure_ascii=False)  # newlines and spaces visible
             lines += [f"Prompt `{shown}`:", "", fence + "text", prompt + text, fence, ""]
     return "\n".join(lines)
+
+
+def eval_line(record: dict) -> str:
+    """'Benchmarks: average 32.1% · hellaswag 31.2 · ...' of an eval record (smollm.training.evaluation)."""
+    tasks = record.get("tasks") or {}
+    scores = " · ".join(f"{name} {100 * t['score']:.1f}" for name, t in tasks.items())
+    n = {t["n"] for t in tasks.values()}
+    items = f"{n.pop()} items each" if len(n) == 1 else "items: " + ", ".join(str(t["n"]) for t in tasks.values())
+    return (f"Benchmarks (lm-eval-harness prompts; {items}; {record.get('data', '-')}): average "
+            f"**{100 * record['average']['score']:.1f}%** · {scores}")
 
 
 # --------------------------------------------------------- one prompt through checkpoints --

@@ -96,6 +96,17 @@ class SampleSection:
 
 
 @dataclass
+class EvalSection:
+    """Downstream benchmarks (smollm.eval) scored during the run: into metrics.jsonl, samples.md,
+    loss.png and the exported model card."""
+    tasks: list[str] = field(default_factory=list)  # e.g. [hellaswag, piqa]; empty: none
+    every: int | None = None  # steps between evaluations; null: at each checkpoint (and at step 0)
+    limit: int | None = None  # the first N records of each task; null: all
+    data_dir: str | None = None  # DIR/<task>.jsonl in each dataset's schema; null: the Hugging Face Hub
+    batch_size: int = 16  # packed rows per forward
+
+
+@dataclass
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -104,6 +115,7 @@ class RunConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     log: LogSection = field(default_factory=LogSection)
     sample: SampleSection = field(default_factory=SampleSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def model_config(self) -> ModelConfig:
         try:
@@ -174,10 +186,24 @@ class RunConfig:
                 check_options(self.log.remote_options)
             except RemoteError as e:
                 raise ConfigError(str(e)) from None
+        self._validate_eval(need)
         cfg = self.model_config()
         need(self.data.seq_len <= cfg.max_position_embeddings, "data.seq_len", self.data.seq_len,
              f"must be at most the model's max_position_embeddings ({cfg.max_position_embeddings})")
         return self
+
+    def _validate_eval(self, need) -> None:
+        from smollm.eval.tasks import parse_tasks
+
+        e = self.eval
+        if e.tasks:
+            try:
+                parse_tasks(e.tasks)
+            except ValueError as err:
+                raise ConfigError(f"eval.tasks: {err}") from None
+        need(e.every is None or e.every > 0, "eval.every", e.every, "must be positive, or null (at checkpoints)")
+        need(e.limit is None or e.limit > 0, "eval.limit", e.limit, "must be positive, or null (every record)")
+        need(e.batch_size > 0, "eval.batch_size", e.batch_size, "must be positive")
 
     # ---- dotted access, YAML in and out ----
 

@@ -67,6 +67,15 @@ def comparable(per_task: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+def is_eval_record(e) -> bool:
+    """Whether e is a whole scores record ({'tasks': {name: {..., 'score'}}, 'average': {'score'}}): one
+    read from a run's metrics.jsonl may have been cut short or edited."""
+    return (isinstance(e, dict) and isinstance(e.get("average"), dict)
+            and isinstance(e["average"].get("score"), (int, float)) and isinstance(e.get("tasks"), dict)
+            and all(isinstance(t, dict) and isinstance(t.get("score"), (int, float)) and isinstance(t.get("n"), int)
+                    and t.get("metric") in t for t in e["tasks"].values()))
+
+
 def table(result: dict, published: bool = True) -> str:
     """A Markdown table of a result: per task the headline metric with its error, then the average;
     with the published SmolLM2-135M / SmolLM-135M rows (percent) when asked."""
@@ -86,4 +95,20 @@ def table(result: dict, published: bool = True) -> str:
                       "| this model (lm-eval prompts) | " + " | ".join(f"{ours[n]:.1f}" for n in names) + " |"]
             lines += [f"| {m} (model card, lighteval) | " + " | ".join(f"{row[n]:.1f}" for n in names) + " |"
                       for m, row in PUBLISHED.items()]
+    return "\n".join(lines)
+
+
+def history_table(records: list[dict]) -> str:
+    """A run's scores through training: one row per evaluation (metrics.jsonl records with 'eval'):
+    step, tokens, each task's headline score and the average, in percent."""
+    rows = [r for r in records if is_eval_record(r.get("eval"))]
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(k for r in rows for k in r["eval"]["tasks"]))
+    lines = ["| step | tokens | " + " | ".join(names) + " | average |", "|---:|---:|" + "---:|" * (len(names) + 1)]
+    for r in rows:
+        tasks = r["eval"]["tasks"]
+        cells = [f"{100 * tasks[n]['score']:.1f}" if n in tasks else "-" for n in names]
+        lines.append(f"| {r.get('step', '-'):,} | {r.get('tokens', 0):,} | " + " | ".join(cells)
+                     + f" | **{100 * r['eval']['average']['score']:.1f}** |")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from smollm.checkpoint import load_checkpoint, resolve_resumable
 from smollm.data import BatchLoader, dataset_identity
-from smollm.metrics import Console, Eta
+from smollm.metrics import Console, Eta, read_metrics
 from smollm.model import SmolLM
 from smollm.remote.owner import check_owner, identity_for_start, owner_record
 from smollm.runs import Run, release_lock
@@ -20,6 +20,7 @@ from smollm.samples import read_samples
 from smollm.train_config import RunConfig
 from smollm.training.dataset import load_run_tokenizer, open_data, ready_dataset
 from smollm.training.device import check_fits, pick_device, ran_dtype
+from smollm.training.evaluation import downstream_due, eval_items, token_bytes
 from smollm.training.optimizer import apply_mid_run_settings, make_optimizer, make_scheduler
 from smollm.training.parallel import Dist, init_distributed, parallelize
 from smollm.training.resume import data_changes, restore, resume_changes
@@ -125,8 +126,17 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
                    eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
                    last_val=state.last_val_loss if state else None, data_identity=data_id)
+    if d.main:
+        t.token_bytes = token_bytes(tokenizer, model.config.vocab_size)
+        t.eval_items, skipped = eval_items(cfg)
+        if skipped:
+            console.say(skipped, err=True)
     if saved and d.main and not any(r["step"] == step for r in read_samples(run.path)):
-        # A kill between the checkpoint's rename and its samples: the record an uninterrupted run has.
+        # A kill between the checkpoint's rename and its samples: the records an uninterrupted run has.
         console.say(f"note: {ckpt} has no samples record (the run stopped before writing it); writing it now")
+        scored = [r["eval"] for r in read_metrics(run.path) if r.get("step") == step and "eval" in r]
+        t.last_eval = (step, scored[-1]) if scored else None
+        if downstream_due(cfg, step, checkpoint=True):
+            t.benchmark()  # unless scored above
         t.write_samples()
     return t

@@ -33,7 +33,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
             meter.add(loss)
             step, last = t.step, t.step == max_steps
             log_now = step % cfg.log.log_every == 0 or last
-            eval_now = step % cfg.log.eval_every == 0 or last
+            eval_now = step % cfg.log.eval_every == 0 or last or step % (cfg.eval.every or max_steps + 1) == 0
             ckpt_now = step % cfg.log.ckpt_every == 0 or last
             stopped = t.stop_requested(sync_step=log_now or ckpt_now)
             if not (log_now or eval_now or ckpt_now or stopped):

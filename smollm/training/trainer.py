@@ -19,7 +19,7 @@ from smollm.runs import Run, release_lock
 from smollm.samples import add_samples, continuations
 from smollm.train_config import RunConfig
 from smollm.training.device import autocast, out_of_memory_is_config_error
-from smollm.training.evaluation import validation_loss
+from smollm.training.evaluation import downstream, downstream_due, validation_loss
 from smollm.training.parallel import Dist
 from smollm.training.signals import StopSignal
 from smollm.training.step import NonFiniteGuard, optimizer_step
@@ -79,6 +79,9 @@ class Trainer:
     # steps since the previous log line, as of the latest step the host read.
     last_loss: float | None = None
     last_val: tuple[int, float] | None = None  # (step, loss) of the latest evaluation
+    token_bytes: torch.Tensor | None = None  # (V,) UTF-8 bytes per token id: bits per byte (rank 0)
+    eval_items: dict | None = None  # eval.tasks' items (rank 0), None when there is nothing to score
+    last_eval: tuple[int, dict] | None = None  # (step, eval record) of the latest downstream evaluation
     data_identity: dict | None = None  # what the checkpoints record of the data (smollm.data.dataset_identity)
 
     def amp(self):
@@ -142,14 +145,30 @@ class Trainer:
                          + (f" | MFU {u:.1%}" if u is not None else "") + f" | peak mem {record['peak_mem_mb']:,.0f} MB")
 
     def evaluate(self) -> None:
-        """The validation loss, logged (rank 0: the others go on and wait for it at the next sync)."""
-        if not self.d.main or self.val_windows is None:
+        """The validation loss and bits per byte, logged, then the benchmarks when eval.every says so
+        (rank 0: the others go on and wait for it at the next sync)."""
+        if not self.d.main:
             return
-        v = validation_loss(self.model, self.val_windows, self.cfg, self.device)
+        if self.val_windows is not None:
+            v, bpb = validation_loss(self.model, self.val_windows, self.cfg, self.device, self.token_bytes)
+            self.model.train()
+            self.last_val = (self.step, v)
+            self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v, "val_bpb": bpb})
+            self.console.say(f"{self.at_step()} | val loss {v:.4f}" + (f" | {bpb:.4f} bits/byte" if bpb else ""))
+        if downstream_due(self.cfg, self.step, checkpoint=False):
+            self.benchmark()
+
+    def benchmark(self) -> None:
+        """eval.tasks scored on the weights as they are, logged (rank 0)."""
+        if not self.d.main or self.eval_items is None or (self.last_eval and self.last_eval[0] == self.step):
+            return
+        record = downstream(self.model, self.tokenizer, self.eval_items, self.cfg, self.device)
         self.model.train()
-        self.last_val = (self.step, v)
-        self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v})
-        self.console.say(f"{self.at_step()} | val loss {v:.4f}")
+        self.last_eval = (self.step, record)
+        self.log.write({"step": self.step, "tokens": self.tokens, "eval": record})
+        scores = ", ".join(f"{k} {100 * t['score']:.1f}" for k, t in record["tasks"].items())
+        self.console.say(f"{self.at_step()} | eval average {100 * record['average']['score']:.1f}% ({scores}) "
+                         f"in {record['seconds']:.0f} s")
 
     def state(self) -> TrainerState:
         """What a checkpoint of this step saves besides the weights (and what --resume restores)."""
@@ -169,6 +188,8 @@ class Trainer:
                              f"from an earlier step")
         path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
                                keep_trainer_states=c.log.keep_trainer_states)
+        if downstream_due(self.cfg, self.step, checkpoint=True):
+            self.benchmark()  # before the samples record, which shows the scores beside the text
         self.write_samples()
         self.console.say(f"checkpoint {path}")
         if self.uploader is not None:
@@ -181,8 +202,11 @@ class Trainer:
         texts = continuations(self.model, self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
         self.model.train()
         val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
-        add_samples(self.run.path, {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
-                                    "val_loss": val, "prompts": s.prompts, "texts": texts}, self.run.title)
+        record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "val_loss": val,
+                  "prompts": s.prompts, "texts": texts}
+        if self.last_eval and self.last_eval[0] == self.step:
+            record["eval"] = self.last_eval[1]
+        add_samples(self.run.path, record, self.run.title)
 
     def summary(self, stopped: str | None) -> dict:
         return {"step": self.step, "tokens": self.tokens, "loss": self.last_loss,
