@@ -31,7 +31,7 @@ def _run(*argv: str) -> tuple[subprocess.CompletedProcess, set[str], list[str]]:
 
 @pytest.mark.parametrize("argv", [["train.py", "--help"], ["train.py", "plot", "--help"],
                                   ["train.py", "export", "--help"], ["generate.py", "--help"], ["app.py", "--help"],
-                                  ["-m", "smollm.prepare", "--help"]])
+                                  ["-m", "smollm.prepare", "--help"], ["-m", "smollm.eval", "--help"]])
 def test_help_answers_before_the_heavy_imports(argv):
     r, imported, other = _run(*argv)
     assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout + "\n".join(other)
@@ -44,11 +44,12 @@ def test_help_answers_before_the_heavy_imports(argv):
     (["generate.py", "--top-k", "many"], "generate.py: error: argument --top-k: invalid int value: 'many'"),
     # (how argparse lists the choices after it differs between Python versions)
     (["app.py", "--kernels", "cuda"], "app.py: error: argument --kernels: invalid choice: 'cuda'"),
+    (["-m", "smollm.eval", "--limit", "3"], "python -m smollm.eval: error: the following arguments are required: --model"),
 ])
 def test_an_argument_error_is_one_line_before_the_heavy_imports(argv, start):
     r, imported, other = _run(*argv)
     assert r.returncode == 2 and r.stdout == ""
-    prog = " ".join(argv[:2]) if argv[1] == "export" else argv[0]
+    prog = " ".join(argv[:2]) if argv[1] == "export" else "python -m smollm.eval" if argv[0] == "-m" else argv[0]
     assert len(other) == 1, other  # one line: no usage block
     assert other[0].startswith(start) and other[0].endswith(f" (see {prog} --help)"), other[0]
     assert not imported & HEAVY, f"{' '.join(argv)} imported {sorted(imported & HEAVY)}"
