@@ -92,3 +92,15 @@ def test_bad_files_are_one_line_naming_file_line_and_field(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_items(TASKS["piqa"], str(tmp_path / "nowhere"))
     assert one_line(str(e.value)) == f"{tmp_path / 'nowhere'}: no such directory (the evaluation data: <task>.jsonl files)"
+
+
+def test_a_dataset_saved_with_datasets_is_read_as_it_is(tmp_path):
+    """What the README's one-liner writes (Dataset.to_json; to_parquet too) reads back as the records."""
+    from datasets import Dataset
+
+    for name in ("hellaswag", "arc_challenge", "commonsense_qa"):
+        want = load_items(TASKS[name], write_records(tmp_path / "plain", [name]))
+        Dataset.from_list(RECORDS[name]).to_json(str(tmp_path / "json" / f"{name}.jsonl"))
+        Dataset.from_list(RECORDS[name]).to_parquet(str(tmp_path / "pq" / f"{name}.parquet"))
+        assert load_items(TASKS[name], str(tmp_path / "json")) == want, name
+        assert load_items(TASKS[name], str(tmp_path / "pq")) == want, name
