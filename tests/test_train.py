@@ -326,7 +326,8 @@ def test_log_lines_say_step_of_total_throughput_and_time_left(tmp_path, dataset,
     # The first step (warm-up) alone gives no rate; from the second on, a time; none left at the end.
     assert "| eta ? |" in steps[0] and all("eta ?" not in line for line in steps[1:]) and "| eta 0s |" in steps[-1]
     assert [line for line in out.splitlines() if "val loss" in line] == [
-        f"step {m['step']}/6 | val loss {m['val_loss']:.4f}" for m in read_metrics(str(run)) if "val_loss" in m]
+        f"step {m['step']}/6 | val loss {m['val_loss']:.4f} | {m['val_bpb']:.4f} bits/byte"
+        for m in read_metrics(str(run)) if "val_loss" in m]
     log = (run / "train.log").read_text().splitlines()
     assert all(line in log for line in steps)
     etas = {m["step"]: m["eta_s"] for m in read_metrics(str(run)) if "loss" in m}
