@@ -4,10 +4,18 @@ A dataset directory holds `meta.json` and shards `train_000000.bin`, `val_000000
 1024-byte header of int32 (magic, version, token count, vocab size, EOS id; rest zero), then uint16
 tokens, documents separated by EOS. Shards are read with numpy.memmap, never into RAM whole.
 
-Batches are random windows. The batch at step s depends only on (seed, s, rank): one generator
-seeded with (seed, s) draws the windows of all ranks at once, without replacement, and rank r takes
-its own slice, so a resumed run sees exactly the batches it would have seen, ranks never share a
-window, and N ranks together see what one process with N times the batch would.
+Batches are random windows, of one of two kinds (data.windows):
+- stream (TokenWindows): a window starts at any token and runs across document boundaries.
+- aligned (DocumentWindows): a window is whole documents, each as <EOS> then its tokens (the EOS
+  before a document is its beginning-of-sequence token), packed best-fit; a document longer than the
+  room left is cropped, and its rest is not used. Every window starts at a document start.
+Either way a document starts at each EOS of a window (document_ids): the model's attention stays
+inside one document when given those ids (block-causal), which the aligned windows are made for.
+
+The batch at step s depends only on (seed, s, rank): one generator seeded with (seed, s) draws the
+windows of all ranks at once and rank r takes its own slice, so a resumed run sees exactly the
+batches it would have seen, ranks never share a window (stream: drawn without replacement), and N
+ranks together see what one process with N times the batch would.
 """
 
 from __future__ import annotations
@@ -165,6 +173,12 @@ def shard_paths(directory: str, split: str) -> list[str]:
 class Batch:
     x: torch.Tensor  # (B, T) int64 inputs
     y: torch.Tensor  # (B, T) int64 targets: the next tokens
+    docs: torch.Tensor | None = None  # (B, T) int32 document ids of x (aligned windows); None: causal across them
+
+
+def document_ids(x: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) tokens -> (B, T) int32 ids, one per document: a new document starts at each EOS."""
+    return (x == eos_id).cumsum(dim=1, dtype=torch.int32)
 
 
 class TokenWindows:
@@ -192,6 +206,9 @@ class TokenWindows:
             raise ShardError(f"{directory}: no {split} shard is as long as one window of {seq_len} + 1 tokens (the "
                              f"longest holds {longest:,}); prepare more data or lower data.seq_len")
         self.n_tokens = int(sum(t.size for t in self.shards))
+        self.eos_id = read_header(os.path.join(directory, entries[0]["file"]))["eos_id"]
+
+    aligned = False  # windows cross document boundaries: trained with plain causal attention
 
     def window_starts(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """Global start indices of this rank's windows at this step."""
@@ -213,7 +230,78 @@ class TokenWindows:
 
     def get_batch(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
         w = torch.from_numpy(self.get_batch_numpy(seed, step, batch_size, rank, world_size))  # (B, T + 1)
-        return Batch(w[:, :-1], w[:, 1:])
+        x = w[:, :-1]
+        return Batch(x, w[:, 1:], document_ids(x, self.eos_id) if self.aligned else None)
+
+
+class DocumentWindows(TokenWindows):
+    """Windows of whole documents, best-fit packed (nanochat's way), deterministic in (seed, step, rank).
+
+    Each step's generator draws documents at random (with replacement) into a pool of `pool` of them.
+    A window is filled by the longest pooled document that fits the room left (each placed as <EOS>
+    then its tokens; a document at the very start of a shard gets an EOS too), the pool refilled
+    from the generator after each; when none fits, the shortest pooled one is cropped to the room
+    left, and the rest of it is dropped. So nothing is padded and every window starts at a document
+    start; what is lost is the cropped tails (cropped_fraction)."""
+
+    aligned = True
+
+    def __init__(self, directory: str, split: str, seq_len: int, vocab_size: int | None = None, pool: int = 64):
+        super().__init__(directory, split, seq_len, vocab_size)
+        self.pool = pool
+        starts, ends, shard = [], [], []  # documents: [start, end) in shard, the EOS after them left out
+        for i, tokens in enumerate(self.shards):
+            eos = np.flatnonzero(np.asarray(tokens) == self.eos_id)  # one pass over the shard
+            s = np.concatenate([[0], eos + 1])
+            e = np.concatenate([eos, [tokens.size]])
+            keep = e > s  # no empty documents (two EOS in a row, or the shard's final EOS)
+            starts.append(s[keep]), ends.append(e[keep]), shard.append(np.full(int(keep.sum()), i))
+        self.doc_start, self.doc_end = np.concatenate(starts), np.concatenate(ends)
+        self.doc_shard = np.concatenate(shard)
+        self.n_docs = len(self.doc_start)
+        if self.n_docs == 0:
+            raise ShardError(f"{directory}: no {split} documents")
+        self.n_windows = self.n_docs
+
+    def _pack(self, rng: np.random.Generator, rows: int) -> tuple[np.ndarray, int]:
+        """(rows, T + 1) int64 windows, and the tokens of the documents placed in them that were cropped."""
+        cap = self.seq_len + 1
+        out = np.empty((rows, cap), dtype=np.int64)
+        pool = list(rng.integers(self.n_docs, size=self.pool))
+        lengths = lambda d: int(self.doc_end[d] - self.doc_start[d]) + 1  # noqa: E731 -- with its EOS
+        cropped = 0
+        for r in range(rows):
+            pos = 0
+            while pos < cap:
+                room = cap - pos
+                fits = [i for i, d in enumerate(pool) if lengths(d) <= room]
+                if fits:
+                    i = max(fits, key=lambda i: lengths(pool[i]))
+                else:
+                    i = min(range(len(pool)), key=lambda i: lengths(pool[i]))
+                d = pool[i]
+                pool[i] = int(rng.integers(self.n_docs))
+                n = min(lengths(d), room)
+                cropped += lengths(d) - n
+                tokens = self.shards[self.doc_shard[d]]
+                out[r, pos] = self.eos_id
+                out[r, pos + 1:pos + n] = tokens[self.doc_start[d]:self.doc_start[d] + n - 1]
+                pos += n
+        return out, cropped
+
+    def get_batch_numpy(self, seed: int, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """(B, T + 1) int64 windows of whole documents."""
+        out, _ = self._pack(np.random.default_rng([seed, step]), world_size * batch_size)
+        return out[rank * batch_size:(rank + 1) * batch_size]
+
+    def cropped_fraction(self, seed: int, batch_size: int, steps: int = 8) -> float:
+        """The share of the tokens of the documents placed in windows that cropping dropped, over the
+        first `steps` steps' batches."""
+        cropped = 0
+        for step in range(steps):
+            _, c = self._pack(np.random.default_rng([seed, step]), batch_size)
+            cropped += c
+        return cropped / (cropped + steps * batch_size * (self.seq_len + 1))
 
 
 class BatchLoader:
@@ -255,7 +343,8 @@ class BatchLoader:
             w = self._host_batch(self.step)
         self.step += 1
         w = w.to(self.device, non_blocking=True)  # (B, T + 1)
-        return Batch(w[:, :-1], w[:, 1:])
+        x = w[:, :-1]
+        return Batch(x, w[:, 1:], document_ids(x, self.windows.eos_id) if self.windows.aligned else None)
 
     def close(self):
         if self._queue is not None:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from smollm.kernels import cross_entropy, rmsnorm, rope, swiglu
 from smollm.config import KERNEL_CHOICES, ModelConfig
@@ -100,8 +101,9 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, slots=None, mask=None):
-        """Training / full context: x (B, T, D), causal. With a cache: the new tokens x are written at
-        `slots` (T,) and attend to the first n cache slots under mask (B, 1, T, n), n <= S."""
+        """Training / full context: x (B, T, D), causal, or under mask (document_mask) when given. With
+        a cache: the new tokens x are written at `slots` (T,) and attend to the first n cache slots under
+        mask (B, 1, T, n), n <= S."""
         B, T, _ = x.shape
         qkv = self.qkv_proj(x).view(B, T, self.n_head + 2 * self.n_kv, self.head_dim)  # (B, T, Hq + 2 Hkv, Dh)
         # Strided views, no copies: q (B, T, Hq, Dh), k and v (B, T, Hkv, Dh)
@@ -111,14 +113,35 @@ class Attention(nn.Module):
         # materializing the repeated K/V.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = self.n_kv != self.n_head
-        if slots is None:
+        if slots is None and mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # (B, Hq, T, Dh)
+        elif slots is None and isinstance(mask, BlockMask):
+            y = flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)  # (B, Hq, T, Dh)
+        elif slots is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, Hq, T, Dh)
         else:
             k, v = self.cache.update(slots, k, v)  # (B, Hkv, S, Dh)
             n = mask.shape[-1]  # slots past n are empty: not read at all (a view, no copy)
             k, v = k[:, :, :n], v[:, :, :n]  # (B, Hkv, n, Dh)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, Hq, T, Dh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+FLEX: bool | None = None  # document masks by flex_attention: None = on a GPU (where it compiles to one kernel)
+
+
+def document_mask(documents: torch.Tensor):
+    """The block-causal mask of documents (B, T): position i may attend to j iff j <= i and both are
+    in one document. A flex_attention BlockMask (FLEX), whose kernel skips the blocks that are all
+    masked; else a (B, 1, T, T) bool mask for SDPA. The two agree (tests/test_model.py)."""
+    B, T = documents.shape
+    if FLEX if FLEX is not None else documents.is_cuda:
+        def same_document(b, h, q, kv):
+            return (kv <= q) & (documents[b, q] == documents[b, kv])
+
+        return create_block_mask(same_document, B, None, T, T, device=documents.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=documents.device).tril()  # (T, T)
+    return (documents[:, None, :, None] == documents[:, None, None, :]) & causal  # (B, 1, T, T)
 
 
 class MLP(nn.Module):
@@ -208,21 +231,25 @@ class SmolLM(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final-norm hidden states (B, T, D) for input_ids (B, T)."""
+    def hidden_states(self, input_ids: torch.Tensor, documents: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, D) for input_ids (B, T); with documents (B, T) (ids, as
+        smollm.data.document_ids gives them), each token attends only to its own document's."""
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, Dh)
+        mask = None if documents is None else document_mask(documents)
         x, delta = self.model.embed_tokens(input_ids), None  # (B, T, D)
         for layer in self.model.layers:
-            x, delta = layer(x, delta, cos, sin)
+            x, delta = layer(x, delta, cos, sin, mask=mask)
         return self.model.norm(x, delta)[1]
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, V); with targets (B, T), the mean loss over targets != -100."""
-        h = self.hidden_states(input_ids)  # (B, T, D)
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                documents: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V); with targets (B, T), the mean loss over targets != -100;
+        with documents (B, T), attention block-causal within each document."""
+        h = self.hidden_states(input_ids, documents)  # (B, T, D)
         if targets is None:
             return self.lm_head(h)  # (B, T, V)
         D = h.shape[-1]

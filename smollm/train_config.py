@@ -32,6 +32,10 @@ class DataSection:
     val_fraction: float = 0.01
     tokenizer: str | None = None  # null: resolved as in the README
     seq_len: int = 1024
+    # stream: windows start at any token and cross document boundaries. aligned: windows of whole
+    # documents (best-fit packed, the ones that do not fit cropped), each token attending only to its
+    # own document (smollm.data.DocumentWindows). Validation uses stream windows either way.
+    windows: str = "stream"
 
 
 @dataclass
@@ -49,7 +53,12 @@ class TrainSection:
 
 @dataclass
 class OptimSection:
-    lr: float = 1e-3  # peak learning rate
+    # adamw: AdamW on every parameter. muon: Muon on the blocks' matrices (attention and MLP), AdamW
+    # (lr, betas, eps) on the embedding and norm weights (smollm.training.muon).
+    kind: str = "adamw"
+    lr: float = 1e-3  # peak learning rate (of AdamW's parameters)
+    muon_lr: float = 0.02  # peak learning rate of Muon's matrices (kind muon)
+    muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.01  # on matrices (and the tied embedding); never on norm weights
@@ -142,7 +151,11 @@ class RunConfig:
             need(value > 0, key, value, "must be positive")
         need(self.model.kernels in KERNEL_CHOICES, "model.kernels", self.model.kernels, f"must be one of {', '.join(KERNEL_CHOICES)}")
         need(self.train.dtype in ("bf16", "fp32"), "train.dtype", self.train.dtype, "must be bf16 or fp32")
+        need(self.data.windows in ("stream", "aligned"), "data.windows", self.data.windows, "must be stream or aligned")
+        need(self.optim.kind in ("adamw", "muon"), "optim.kind", self.optim.kind, "must be adamw or muon")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive")
+        need(self.optim.muon_lr > 0, "optim.muon_lr", self.optim.muon_lr, "must be positive")
+        need(0 <= self.optim.muon_momentum < 1, "optim.muon_momentum", self.optim.muon_momentum, "must be in [0, 1)")
         need(len(self.optim.betas) == 2 and all(0 <= b < 1 for b in self.optim.betas), "optim.betas",
              self.optim.betas, "must be two numbers in [0, 1)")
         need(self.optim.fused in ("auto", "true", "false"), "optim.fused", self.optim.fused, "must be auto, true or false")

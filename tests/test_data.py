@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from smollm.data import (HEADER_BYTES, MAGIC, BatchLoader, ShardError, TokenWindows, open_shard,
+from smollm.data import (HEADER_BYTES, MAGIC, BatchLoader, DocumentWindows, ShardError, TokenWindows, document_ids, open_shard,
                          read_header, write_shard)
 from smollm.files import atomic_write_json
 
@@ -148,3 +148,72 @@ def test_too_many_windows_per_step(tmp_path):
     d = _dataset(tmp_path, {"train": [np.arange(20)]})
     with pytest.raises(ShardError, match="8 windows per step, but the split has only 4"):
         TokenWindows(d, "train", 16).get_batch(0, 0, 8)
+
+
+# ------------------------------------------------------------------------- aligned windows --
+
+def _documents(rng, n, lo, hi, vocab=1000):
+    """n documents of lo..hi tokens (ids 1..vocab-1: 0 is EOS), as a list of arrays."""
+    return [rng.integers(1, vocab, int(rng.integers(lo, hi))) for _ in range(n)]
+
+
+def _stream(docs):
+    return np.concatenate([np.concatenate([d, [0]]) for d in docs])  # each document then its EOS
+
+
+@pytest.fixture
+def aligned(tmp_path):
+    rng = np.random.default_rng(5)
+    docs = [_documents(rng, 40, 3, 30), _documents(rng, 25, 5, 90)]  # two shards; some longer than a window
+    d = _dataset(tmp_path, {"train": [_stream(docs[0]), _stream(docs[1])[:-1]]})  # the last without its EOS
+    return DocumentWindows(d, "train", 48), [doc for shard in docs for doc in shard], d
+
+
+def test_aligned_windows_are_whole_documents_from_their_start(aligned):
+    windows, docs, _ = aligned
+    assert windows.n_docs == len(docs)
+    known = {tuple(d) for d in docs}
+    for step in range(20):
+        w = windows.get_batch_numpy(seed=1, step=step, batch_size=4)  # (4, 49)
+        assert w.shape == (4, 49)
+        for row in w:
+            assert row[0] == 0  # every window starts at a document start: its EOS, then its tokens
+            cuts = list(np.flatnonzero(row == 0)) + [len(row)]
+            pieces = [tuple(row[a + 1:b]) for a, b in zip(cuts, cuts[1:])]
+            for piece in pieces[:-1]:
+                assert piece in known  # whole documents ...
+            assert any(d[:len(pieces[-1])] == pieces[-1] for d in known)  # ... the last one maybe cropped
+
+
+def test_aligned_batches_depend_only_on_seed_step_rank(aligned):
+    windows, _, d = aligned
+    a = windows.get_batch(seed=3, step=7, batch_size=4, rank=1, world_size=2)
+    again = windows.get_batch(3, 7, 4, 1, 2)
+    assert torch.equal(a.x, again.x) and torch.equal(a.docs, again.docs)
+    assert not torch.equal(windows.get_batch(3, 8, 4, 1, 2).x, a.x)
+    glob = windows.get_batch(3, 7, 8)
+    assert torch.equal(torch.cat([windows.get_batch(3, 7, 4, r, 2).x for r in range(2)]), glob.x)
+    loader = BatchLoader(windows, batch_size=2, seed=9)
+    first = [next(loader) for _ in range(4)]
+    resumed = BatchLoader(windows, batch_size=2, seed=9, start_step=2)
+    b = next(resumed)
+    assert torch.equal(b.x, first[2].x) and torch.equal(b.docs, first[2].docs)
+
+
+def test_document_ids_start_a_document_at_each_eos(aligned):
+    x = torch.tensor([[0, 5, 6, 0, 7, 0, 0, 8]])
+    assert document_ids(x, 0).tolist() == [[1, 1, 1, 2, 2, 3, 4, 4]]
+    windows, _, d = aligned
+    b = windows.get_batch(seed=0, step=0, batch_size=3)
+    assert b.docs.dtype == torch.int32 and torch.equal(b.docs, document_ids(b.x, 0))
+    assert (b.docs[:, 0] == 1).all()
+    assert TokenWindows(d, "train", 48).get_batch(0, 0, 2).docs is None  # stream windows: causal across documents
+
+
+def test_cropped_fraction_counts_the_tails_that_did_not_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    short = _dataset(tmp_path / "short", {"train": [_stream(_documents(rng, 50, 2, 10))]})
+    assert DocumentWindows(short, "train", 32).cropped_fraction(seed=0, batch_size=4) < 0.1
+    long = _dataset(tmp_path / "long", {"train": [_stream(_documents(rng, 20, 200, 300))]})
+    f = DocumentWindows(long, "train", 32).cropped_fraction(seed=0, batch_size=4)
+    assert 0.8 < f < 0.9  # a window takes 33 of a document's ~250 (+ its EOS) tokens

@@ -234,3 +234,73 @@ def test_train_step_is_one_graph(kernels, autocast):
                 "smollm.linear_cross_entropy.default"} <= ours, ops
     else:
         assert not ours
+
+
+# ------------------------------------------------------------------------- document masks --
+
+def _two_documents(T=24, cut=10):
+    torch.manual_seed(0)
+    ids = torch.randint(1, 49152, (2, T))
+    ids[:, 0], ids[:, cut] = 0, 0  # document A: [0, cut), document B: [cut, T), each from its EOS
+    from smollm.data import document_ids
+
+    return ids, document_ids(ids, 0), cut
+
+
+@pytest.mark.parametrize("flex", [False, True])
+def test_no_attention_across_documents(monkeypatch, flex):
+    """A changed token of document A never changes a logit of document B in the same window (and
+    without document ids, it does: the test can fail)."""
+    import smollm.model as M
+
+    monkeypatch.setattr(M, "FLEX", flex)
+    model = SmolLM(get_preset("tiny")).eval()
+    ids, docs, cut = _two_documents()
+    other = ids.clone()
+    other[:, 3] = (other[:, 3] + 7) % 49152 + 1  # a token of A
+    with torch.no_grad():
+        a, b = model(ids, documents=docs), model(other, documents=docs)
+        plain_a, plain_b = model(ids), model(other)
+    assert torch.equal(a[:, cut:], b[:, cut:])  # B's logits: bit for bit the same
+    assert not torch.equal(a[:, 3:cut], b[:, 3:cut])  # A's own do change
+    assert (plain_a[:, cut:] - plain_b[:, cut:]).abs().max() > 1e-4  # causal across documents: B sees A
+    # Document B alone gives the same logits as B inside the window (positions differ: RoPE is relative).
+    with torch.no_grad():
+        alone = model(ids[:, cut:])
+    torch.testing.assert_close(a[:, cut:], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_flex_attention_and_the_sdpa_mask_agree(monkeypatch):
+    """fp32 logits of the same model with flex_attention's BlockMask and SDPA's bool mask. (Forward
+    only: flex_attention has no backward on a CPU; on a GPU it is PyTorch's compiled kernel.)"""
+    import smollm.model as M
+
+    ids, docs, _ = _two_documents(T=40, cut=17)
+    torch.manual_seed(1)
+    model = SmolLM(get_preset("tiny")).eval()
+    out = {}
+    for flex in (False, True):
+        monkeypatch.setattr(M, "FLEX", flex)
+        with torch.no_grad():
+            out[flex] = model(ids, documents=docs)
+    torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-4)
+    assert out[True].abs().max() > 0.1
+
+
+@pytest.mark.parametrize("flex", [False, True])
+def test_train_step_with_documents_is_one_graph(monkeypatch, flex):
+    """What train.py compiles with aligned windows (flex_attention on a GPU, the SDPA mask on a CPU)
+    is one graph with no break."""
+    import dataclasses
+
+    import smollm.model as M
+
+    monkeypatch.setattr(M, "FLEX", flex)
+    model = SmolLM(dataclasses.replace(get_preset("tiny"), num_hidden_layers=2))
+    ids, docs, _ = _two_documents(T=16, cut=6)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(not flex):  # flex_attention has no backward on a CPU
+        explained = torch._dynamo.explain(model)(ids, ids, docs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    ops = {str(n.target) for g in explained.graphs for n in g.graph.nodes}
+    assert any("flex_attention" in o for o in ops) == flex, ops

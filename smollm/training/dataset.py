@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from smollm.data import ShardError, TokenWindows, read_meta
+from smollm.data import DocumentWindows, ShardError, TokenWindows, read_meta
 from smollm.train_config import ConfigError, RunConfig
 from smollm.training.parallel import Dist
 
@@ -49,12 +49,19 @@ def _null(value) -> str:
 
 
 def open_data(cfg: RunConfig, d: Dist) -> tuple[TokenWindows, TokenWindows | None]:
-    """The training and validation windows of data.path (None for validation when it has no split)."""
+    """The training windows of data.path (data.windows: stream or aligned) and its validation windows
+    (stream, whatever data.windows: the same for every run; None when it has no split)."""
     meta, vocab_size = read_meta(cfg.data.path), cfg.model_config().vocab_size
     if meta["vocab_size"] > vocab_size:
         raise ConfigError(f"data.path: {cfg.data.path} has token ids up to {meta['vocab_size'] - 1}, but the model's "
                           f"vocab_size is {vocab_size}")
-    train_windows = TokenWindows(cfg.data.path, "train", cfg.data.seq_len, vocab_size)
+    kind = DocumentWindows if cfg.data.windows == "aligned" else TokenWindows
+    train_windows = kind(cfg.data.path, "train", cfg.data.seq_len, vocab_size)
+    if train_windows.aligned and d.main:
+        batch = d.world * cfg.train.micro_batch * cfg.train.grad_accum
+        print(f"data: aligned windows of whole documents ({train_windows.n_docs:,} in the train split); cropping "
+              f"drops {train_windows.cropped_fraction(cfg.train.seed, batch):.1%} of the tokens of the documents "
+              f"drawn (the first 8 steps), which never reach the model", flush=True)
     try:
         val_windows = TokenWindows(cfg.data.path, "val", cfg.data.seq_len, vocab_size)
     except ShardError as e:

@@ -45,7 +45,8 @@ def data_changes(before: dict | None, now: dict | None, path: str) -> str | None
 
 
 # What a resumed run may change (applied to the restored optimizer and scheduler), and what it may not.
-MID_RUN_KEYS = ("optim.lr", "optim.weight_decay", "optim.betas", "optim.eps", "optim.grad_clip", "train.max_steps",
+MID_RUN_KEYS = ("optim.lr", "optim.muon_lr", "optim.muon_momentum", "optim.weight_decay", "optim.betas", "optim.eps",
+                "optim.grad_clip", "train.max_steps",
                 *(f"schedule.{f.name}" for f in dataclasses.fields(ScheduleSection)))
 
 
@@ -69,6 +70,9 @@ def resume_changes(saved_yaml: str, cfg: RunConfig, ckpt: str) -> list[tuple[str
     if old.data.seq_len != cfg.data.seq_len:
         raise ConfigError(f"data.seq_len: the checkpoint {ckpt} was trained with {old.data.seq_len}, this run asks "
                           f"for {cfg.data.seq_len}; a resumed run cannot change it (start a new run instead)")
+    if old.optim.kind != cfg.optim.kind:
+        raise ConfigError(f"optim.kind: the checkpoint {ckpt} was trained with {old.optim.kind}, this run asks for "
+                          f"{cfg.optim.kind}; a resumed run cannot change its optimizer (start a new run instead)")
     return [(k, old.get(k), cfg.get(k)) for k in MID_RUN_KEYS if old.get(k) != cfg.get(k)]
 
 

@@ -17,23 +17,23 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def forward_backward(model, micro: list[tuple[torch.Tensor, torch.Tensor]], ddp=None, world: int = 1,
+def forward_backward(model, micro: list[tuple[torch.Tensor, ...]], ddp=None, world: int = 1,
                      amp=contextlib.nullcontext) -> torch.Tensor:
     """Accumulate the gradient of the step's loss: the mean over every valid target of the step (all
     micro-batches, all ranks), whatever the split. Each micro-batch's mean is weighted by its share
     of the valid targets; DDP averages over ranks, hence the factor world. Returns this rank's share
     of the step's loss (the step's loss itself when world == 1)."""
-    counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y in micro]).float()  # (M,)
+    counts = torch.stack([(m[1] != IGNORE_INDEX).sum() for m in micro]).float()  # (M,)
     total = counts.sum()
     if world > 1:
         dist.all_reduce(total)
     weights = counts * world / total
     loss_sum = torch.zeros((), device=counts.device)
-    for i, (x, y) in enumerate(micro):
+    for i, (x, y, *docs) in enumerate(micro):  # docs: the document ids of aligned windows, or none
         sync = ddp.no_sync() if ddp is not None and i < len(micro) - 1 else contextlib.nullcontext()
         with sync:
             with amp():
-                loss = model(x, y) * weights[i]
+                loss = model(x, y, *[d for d in docs if d is not None]) * weights[i]
             loss.backward()
         loss_sum += loss.detach().float()
     return loss_sum / world

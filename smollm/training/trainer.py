@@ -60,7 +60,7 @@ class Trainer:
     model: SmolLM
     fwd: torch.nn.Module  # what a step calls: the model, under DDP and/or compiled
     ddp: torch.nn.Module | None
-    opt: torch.optim.AdamW
+    opt: torch.optim.Optimizer  # AdamW or MuonAdamW (optim.kind)
     sched: torch.optim.lr_scheduler.LambdaLR
     loader: BatchLoader
     val_windows: TokenWindows | None
@@ -96,8 +96,9 @@ class Trainer:
         """One optimizer step on the next batch: (loss, gradient norm) on the device, and its LR."""
         B, A = self.cfg.train.micro_batch, self.cfg.train.grad_accum
         block = next(self.loader)  # (A * B, T)
-        micro = [(block.x[i * B:(i + 1) * B], block.y[i * B:(i + 1) * B]) for i in range(A)]
-        lr = self.sched.get_last_lr()[0]
+        part = lambda t, i: None if t is None else t[i * B:(i + 1) * B]  # noqa: E731
+        micro = [(part(block.x, i), part(block.y, i), part(block.docs, i)) for i in range(A)]
+        lr = self.sched.get_last_lr()[-1]  # AdamW's (the norm weights', the last group), whatever optim.kind
         with out_of_memory_is_config_error(self.cfg, self.device):
             loss, gnorm = optimizer_step(self.fwd, self.model, self.opt, micro, self.guard, self.step + 1,
                                          self.cfg.optim.grad_clip, self.ddp, self.d.world, self.amp)
