@@ -167,6 +167,14 @@ PRESETS: dict[str, ModelConfig] = {
     "smollm2-135m": ModelConfig(),
     # The released HuggingFaceTB/SmolLM2-135M hyper-parameters (same shapes, longer RoPE).
     "smollm2-135m-released": ModelConfig(rope_theta=100000.0, max_position_embeddings=8192),
+    # The family's larger members, as released (HuggingFaceTB/SmolLM2-360M, -1.7B config.json); the init
+    # std is 1/sqrt(hidden_size), as the 135M recipe's.
+    "smollm2-360m": ModelConfig(hidden_size=960, num_hidden_layers=32, num_attention_heads=15, num_key_value_heads=5,
+                                intermediate_size=2560, rope_theta=100000.0, max_position_embeddings=8192,
+                                initializer_range=960 ** -0.5),
+    "smollm2-1.7b": ModelConfig(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+                                num_key_value_heads=32, intermediate_size=8192, rope_theta=130000.0,
+                                max_position_embeddings=8192, initializer_range=2048 ** -0.5),
     # Small enough to train visibly on 2 CPU cores; same tokenizer (vocab 49152).
     "tiny": ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                         head_dim=32, intermediate_size=384, max_position_embeddings=512,

@@ -9,6 +9,25 @@ def test_preset_parameter_count():
     assert get_preset("smollm2-135m").n_params == 134_515_008
 
 
+@pytest.mark.parametrize("name,n_params", [("smollm2-135m", 134_515_008), ("smollm2-360m", 361_821_120),
+                                           ("smollm2-1.7b", 1_711_376_384)])
+def test_family_presets_match_transformers(name, n_params):
+    """Each SmolLM2 preset has the published shapes: the same count as transformers' LlamaForCausalLM built
+    from a LlamaConfig of the released values, and as our own model (both on the meta device)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from smollm.model import SmolLM
+
+    cfg = get_preset(name)
+    hf = LlamaConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        theirs = sum(p.numel() for p in LlamaForCausalLM(hf).parameters())
+        ours = sum(p.numel() for p in SmolLM(cfg).parameters())
+    assert cfg.n_params == theirs == ours == n_params
+    assert hf.tie_word_embeddings and hf.num_key_value_heads == cfg.num_key_value_heads
+
+
 def test_presets_are_copies():
     cfg = get_preset("tiny")
     cfg.hidden_size = 1
