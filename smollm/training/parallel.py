@@ -1,6 +1,6 @@
 """Processes and model wrapping: one process, or one per GPU under torchrun, and the transforms a step's
-model gets from outside it (DistributedDataParallel, then torch.compile). Sharded data parallelism
-(FSDP2) goes here, beside DDP."""
+model gets from outside it (DistributedDataParallel, then torch.compile), and sharded data parallelism
+(FSDP2's fully_shard per block and on the root, optional activation checkpointing per block)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,20 @@ def parallelize(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
         register_inductor_fallbacks()  # torch < 2.13: else a deep triton-path model never compiles
         fwd = torch.compile(fwd)
     return fwd, ddp
+
+
+def shard(model: SmolLM, param_dtype: torch.dtype | None = None, checkpoint_activations: bool = False) -> SmolLM:
+    """FSDP2 in place, as torchtitan applies it: activation checkpointing per block (when asked), then
+    fully_shard on each block and on the root (the tied embedding and head, the final norm). Parameters
+    are gathered in param_dtype for compute (None: as stored); gradients are reduced and the master
+    weights kept in fp32. The module tree and the parameter names stay the model's own."""
+    from torch.distributed._composable import checkpoint
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.model.layers:
+        if checkpoint_activations:
+            checkpoint(block)  # recompute the block's activations in backward
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
