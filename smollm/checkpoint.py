@@ -2,6 +2,11 @@
 and renamed into place, then `checkpoints/latest` names it; older ones keep their weights but lose
 their optimizer state.
 
+A sharded model (parallel.strategy=fsdp over several processes) is saved by every process at once:
+its weights and optimizer state as torch.distributed.checkpoint shards (model/, optimizer/), nothing
+gathered to one rank, beside the same config, tokenizer, trainer state and checkpoint.json; it loads
+on any number of processes, and as whole weights in one (smollm.weights.read_sharded).
+
 checkpoint.json records the sha256 of every other file of the checkpoint when it is written;
 resuming (load_checkpoint) and loading a model (smollm.sources.load) check them, so a file that changed on disk
 since (a bad disk, a copy cut short) is a one-line CheckpointError naming it, and resuming a run
@@ -14,15 +19,20 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from smollm.errors import first_line
 from smollm.files import atomic_dir, atomic_write_bytes
-from smollm.runs import CHECKPOINT_INFO, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run
-from smollm.weights import WEIGHTS_FILE, check_finite, read_safetensors, write_hf_files
+from smollm.model import native_keys
+from smollm.runs import (CHECKPOINT_INFO, MODEL_SHARDS, OPTIMIZER_SHARDS, RUN_CONFIG, STEP_NAME, TRAINER_STATE, Run,
+                         is_trainer_state)
+from smollm.weights import (SHARDS_INDEX, WEIGHTS_FILE, check_finite, read_safetensors, save_shards,
+                            write_hf_files)
 
 CHECKSUMS = "sha256"  # checkpoint.json's key: {file name: hex digest} of the checkpoint's other files
 
@@ -40,10 +50,23 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def checkpoint_files(directory: str) -> list[str]:
+    """Every file of a checkpoint directory, as paths inside it ('model/__0_0.distcp'), sorted."""
+    found = []
+    for root, _, names in os.walk(directory):
+        rel = os.path.relpath(root, directory)
+        found += [name if rel == "." else f"{rel}/{name}".replace(os.sep, "/") for name in names]
+    return sorted(found)
+
+
 def checkpoint_checksums(directory: str) -> dict[str, str]:
-    """sha256 of every file of a checkpoint directory but checkpoint.json itself."""
-    return {name: file_sha256(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
-            if name != CHECKPOINT_INFO and os.path.isfile(os.path.join(directory, name))}
+    """sha256 of every file of a checkpoint directory (its shards' too) but checkpoint.json itself."""
+    return {name: file_sha256(os.path.join(directory, name)) for name in checkpoint_files(directory)
+            if name != CHECKPOINT_INFO}
+
+
+def is_sharded_checkpoint(ckpt: str) -> bool:
+    return os.path.isfile(os.path.join(ckpt, MODEL_SHARDS, SHARDS_INDEX))
 
 
 def read_info(ckpt: str) -> dict:
@@ -79,12 +102,12 @@ def verify_checkpoint(ckpt: str, skip: tuple[str, ...] = ()) -> None:
     """Check the files of a checkpoint against the sha256 checkpoint.json recorded (except `skip`);
     a CheckpointError naming the first that differs or is missing. Nothing to check for checkpoints
     written before checksums were recorded, or for directories that are not our checkpoints. A
-    pruned trainer_state.pt is not missing."""
+    pruned optimizer state is not missing; skip holding trainer_state.pt skips all of it (optimizer/ too)."""
     if not os.path.isfile(os.path.join(ckpt, CHECKPOINT_INFO)):
         return
     for name, want in sorted(read_info(ckpt).get(CHECKSUMS, {}).items()):
         path = os.path.join(ckpt, name)
-        if name in skip or (name == TRAINER_STATE and not os.path.exists(path)):
+        if name in skip or is_trainer_state(name) and (TRAINER_STATE in skip or not os.path.exists(path)):
             continue
         try:
             got = file_sha256(path)
@@ -121,7 +144,7 @@ class TrainerState:
     world_size: int  # the global batch the data was cut for: world_size x micro_batch x grad_accum
     micro_batch: int
     grad_accum: int
-    optimizer: dict  # AdamW's state_dict()
+    optimizer: dict | None  # the optimizer's state_dict(); None: in the checkpoint's optimizer/ shards
     scheduler: dict  # LambdaLR's state_dict()
     rng: dict  # rng_states()
     last_loss: float | None = None  # the mean training loss since the previous log line (as metrics.jsonl)
@@ -148,14 +171,21 @@ class TrainerState:
 
 
 def save_checkpoint(run_dir: str, model, state: TrainerState, run_config_yaml: str, tokenizer,
-                    keep_trainer_states: int) -> str:
+                    keep_trainer_states: int, sharded_opt=None) -> str | None:
     """Write the checkpoint of state.step atomically, point `latest` at it, and drop the optimizer
     states of all but the newest keep_trainer_states checkpoints (weights stay: they are the record
-    of the run that generate.py compares)."""
+    of the run that generate.py compares). With sharded_opt (the optimizer of an FSDP-sharded model),
+    every process calls it and writes its shards of the weights and optimizer state into the same
+    temporary directory, which rank 0 finishes; the other ranks return None."""
     run = Run(run_dir)
     final = run.checkpoint(state.step)
+    if sharded_opt is not None and dist.get_rank() != 0:
+        _save_state_shards(_broadcast_path(None), model, sharded_opt)
+        return None
     with atomic_dir(final, overwrite=True) as tmp:
-        write_hf_files(model, tmp, tokenizer)
+        if sharded_opt is not None:
+            _save_state_shards(_broadcast_path(tmp), model, sharded_opt)
+        write_hf_files(model, tmp, tokenizer, weights=sharded_opt is None)
         with open(os.path.join(tmp, TRAINER_STATE), "wb") as f:
             torch.save(state.to_dict(), f)
         with open(os.path.join(tmp, RUN_CONFIG), "w") as f:
@@ -173,7 +203,58 @@ def save_checkpoint(run_dir: str, model, state: TrainerState, run_config_yaml: s
     for d in with_state[:-keep_trainer_states]:
         if d != final:
             os.unlink(os.path.join(d, TRAINER_STATE))
+            shutil.rmtree(os.path.join(d, OPTIMIZER_SHARDS), ignore_errors=True)
     return final
+
+
+def _broadcast_path(path: str | None) -> str:
+    """Rank 0's temporary checkpoint directory, to every rank."""
+    box = [path]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _save_state_shards(tmp: str, model, opt) -> None:
+    """This process's shards of the weights (model/) and the optimizer state (optimizer/)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    save_shards(model, os.path.join(tmp, MODEL_SHARDS))
+    with native_keys():
+        dcp.save(get_optimizer_state_dict(model, opt), checkpoint_id=os.path.join(tmp, OPTIMIZER_SHARDS))
+
+
+def load_optimizer_shards(ckpt: str, model, opt) -> None:
+    """A sharded checkpoint's optimizer state into opt (of model, sharded or whole), on any number of
+    processes; a CheckpointError naming the directory when it does not fit."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    where = os.path.join(ckpt, OPTIMIZER_SHARDS)
+    with native_keys(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        state = get_optimizer_state_dict(model, opt)
+        try:
+            dcp.load(state, checkpoint_id=where)
+        except Exception as e:  # noqa: BLE001 -- DCP's CheckpointException holds every rank's error
+            raise CheckpointError(f"{where}: an optimizer state that does not fit this run ({first_line(e)})") from e
+        set_optimizer_state_dict(model, opt, state)
+
+
+def load_full_optimizer(model, opt, saved: dict) -> None:
+    """A whole checkpoint's optimizer state (opt.state_dict() of one process) into the optimizer of an
+    FSDP-sharded model: its parameter numbers named (the same order), then each process keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    name = {p: n for n, p in model.named_parameters()}
+    fqn = {}
+    for group, saved_group in zip(opt.param_groups, saved["param_groups"], strict=True):
+        fqn.update(zip(saved_group["params"], (name[p] for p in group["params"]), strict=True))
+    state = {"state": {fqn[i]: s for i, s in saved["state"].items()},
+             "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
@@ -184,7 +265,7 @@ def list_checkpoints(run_dir: str) -> list[tuple[int, str]]:
     found = []
     for name in os.listdir(root):
         m = STEP_NAME.match(name)
-        if m and os.path.isfile(os.path.join(root, name, WEIGHTS_FILE)):
+        if m and (os.path.isfile(os.path.join(root, name, WEIGHTS_FILE)) or is_sharded_checkpoint(os.path.join(root, name))):
             found.append((int(m.group(1)), os.path.join(root, name)))
     return sorted(found)
 
@@ -266,7 +347,8 @@ def _check_resumable(ckpt: str) -> None:
 
 def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, str]:
     """(model state dict, trainer state, run config YAML) of a checkpoint directory, its files checked
-    against their recorded sha256 and the weights for NaN/inf: a CheckpointError naming the bad file."""
+    against their recorded sha256 and the weights for NaN/inf: a CheckpointError naming the bad file.
+    A sharded checkpoint's weights are None: each process reads its own part (smollm.weights.load_shards)."""
     global _checked
     if _checked is not None:
         stamp, loaded = _checked
@@ -277,14 +359,16 @@ def load_checkpoint(ckpt: str) -> tuple[dict[str, torch.Tensor], TrainerState, s
         except OSError:
             pass
     verify_checkpoint(ckpt)
-    try:
-        weights = read_safetensors(ckpt)
-    except ValueError as e:
-        raise CheckpointError(first_line(e)) from e
-    try:
-        check_finite(weights, os.path.join(ckpt, WEIGHTS_FILE))
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
+    weights = None
+    if not is_sharded_checkpoint(ckpt):
+        try:
+            weights = read_safetensors(ckpt)
+        except ValueError as e:
+            raise CheckpointError(first_line(e)) from e
+        try:
+            check_finite(weights, os.path.join(ckpt, WEIGHTS_FILE))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
     path = os.path.join(ckpt, TRAINER_STATE)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)

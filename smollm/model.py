@@ -12,6 +12,8 @@ norm, which adds it to the residual stream in the same kernel (`add_rms_norm`).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from types import SimpleNamespace
 
 import torch
@@ -35,19 +37,39 @@ def select_ops(name: str) -> SimpleNamespace:
     raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, got {name!r}")
 
 
+_keys = threading.local()
+
+
+@contextlib.contextmanager
+def native_keys():
+    """State dicts with the model's own keys inside (`qkv_proj`, `gate_up_proj` whole): a sharded
+    checkpoint's, where splitting a weight sharded by rows would gather it, and the parameter names
+    (which torch.distributed.checkpoint's state-dict functions expect)."""
+    before = getattr(_keys, "native", False)
+    _keys.native = True
+    try:
+        yield
+    finally:
+        _keys.native = before
+
+
 def hf_split_keys(module: nn.Module, fused: str, parts: list[tuple[str, int]]) -> None:
     """Give `module` Hugging Face's state-dict keys for its fused projection `fused`: the weight is
     saved as its row blocks `parts` [(name, rows), ...] (views, so loading into them writes the fused
-    weight) in place of `fused.weight`, and loaded from them."""
+    weight) in place of `fused.weight`, and loaded from them (not inside native_keys())."""
     sizes = [rows for _, rows in parts]
 
     def save(mod, state, prefix, local_metadata):
+        if getattr(_keys, "native", False):
+            return
         pieces = state.pop(prefix + fused + ".weight").split(sizes)
         rest = [(k, state.pop(k)) for k in [k for k in state if k.startswith(prefix)]]  # keep HF's order
         state.update((prefix + name + ".weight", piece) for (name, _), piece in zip(parts, pieces))
         state.update(rest)
 
     def load(mod, state, prefix, *args):
+        if getattr(_keys, "native", False):
+            return
         keys = [prefix + name + ".weight" for name, _ in parts]
         if all(k in state for k in keys):
             state[prefix + fused + ".weight"] = torch.cat([state.pop(k) for k in keys])

@@ -45,10 +45,22 @@ OWNER = "owner.json"  # in a remote copy only
 TMP_PREFIX = ".tmp-"  # smollm.files' temporary names: what a kill mid-checkpoint leaves behind
 # Inside a checkpoint directory (besides the Hugging Face files, smollm.weights)
 TRAINER_STATE = "trainer_state.pt"
+# A sharded checkpoint's (parallel.strategy=fsdp) torch.distributed.checkpoint directories: the weights,
+# and the optimizer state, pruned with trainer_state.pt.
+MODEL_SHARDS = "model"
+OPTIMIZER_SHARDS = "optimizer"
 CHECKPOINT_INFO = "checkpoint.json"
 RUN_CONFIG = "run_config.yaml"
 STEP_NAME = re.compile(r"^step_(\d+)$")
 # The run's own files besides its checkpoints: what a remote copy of a run holds (smollm.remote)
+
+
+def is_trainer_state(name: str) -> bool:
+    """Whether a checkpoint's file (its path inside the checkpoint) is the optimizer state that older
+    checkpoints lose (smollm.checkpoint.save_checkpoint): trainer_state.pt, or a file under optimizer/."""
+    return name == TRAINER_STATE or name.startswith(OPTIMIZER_SHARDS + "/")
+
+
 RUN_FILES = (CONFIG, METRICS, SAMPLES_JSONL, SAMPLES_MD, LOSS_PNG, CONSOLE_LOG)
 
 

@@ -69,6 +69,16 @@ class OptimSection:
 
 
 @dataclass
+class ParallelSection:
+    """How several processes (torchrun) share the work; one process trains the whole model either way."""
+    # ddp: every process holds the whole model and optimizer, gradients all-reduced. fsdp: FSDP2
+    # (fully_shard per block and on the root): parameters, gradients and optimizer states sharded
+    # across processes, checkpoints written sharded by every process (torch.distributed.checkpoint).
+    strategy: str = "ddp"  # ddp | fsdp
+    checkpoint_activations: bool = False  # recompute each block's activations in the backward
+
+
+@dataclass
 class ScheduleSection:
     kind: str = "wsd"  # wsd (warmup-stable-decay) | cosine
     warmup_steps: int = 1000
@@ -121,6 +131,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     log: LogSection = field(default_factory=LogSection)
     sample: SampleSection = field(default_factory=SampleSection)
@@ -153,6 +164,11 @@ class RunConfig:
         need(self.train.dtype in ("bf16", "fp32"), "train.dtype", self.train.dtype, "must be bf16 or fp32")
         need(self.data.windows in ("stream", "aligned"), "data.windows", self.data.windows, "must be stream or aligned")
         need(self.optim.kind in ("adamw", "muon"), "optim.kind", self.optim.kind, "must be adamw or muon")
+        need(self.parallel.strategy in ("ddp", "fsdp"), "parallel.strategy", self.parallel.strategy,
+             "must be ddp or fsdp")
+        need(not (self.parallel.strategy == "fsdp" and self.optim.kind == "muon"), "optim.kind", self.optim.kind,
+             "cannot be muon with parallel.strategy=fsdp (Muon orthogonalizes whole matrices, which FSDP shards "
+             "across processes); use optim.kind=adamw, or parallel.strategy=ddp")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "must be positive")
         need(self.optim.muon_lr > 0, "optim.muon_lr", self.optim.muon_lr, "must be positive")
         need(0 <= self.optim.muon_momentum < 1, "optim.muon_momentum", self.optim.muon_momentum, "must be in [0, 1)")

@@ -1,5 +1,6 @@
-"""Weights in (Hugging Face directory, hub id, GGUF file) and out (a Hugging Face directory that
-`transformers.AutoModelForCausalLM.from_pretrained` loads as it is)."""
+"""Weights in (Hugging Face directory, hub id, GGUF file, a sharded checkpoint's model/) and out (a Hugging
+Face directory that `transformers.AutoModelForCausalLM.from_pretrained` loads as it is; the shards of a
+sharded model, torch.distributed.checkpoint's format)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from safetensors.torch import save_file
 
 from smollm.config import ModelConfig
 from smollm.files import SourceNotFound, atomic_dir, hub_failure, is_hub_id
-from smollm.model import SmolLM
+from smollm.model import SmolLM, native_keys
+from smollm.runs import MODEL_SHARDS
 
 TIED_KEY = "lm_head.weight"
 WEIGHTS_FILE = "model.safetensors"
@@ -78,6 +80,8 @@ def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
     elif os.path.isfile(index):
         with open(index) as f:
             files = [os.path.join(directory, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    elif os.path.isfile(os.path.join(directory, MODEL_SHARDS, SHARDS_INDEX)):
+        return read_sharded(directory)
     else:
         raise FileNotFoundError(f"{directory}: no model.safetensors (or model.safetensors.index.json)")
     state = {}
@@ -90,6 +94,45 @@ def read_safetensors(directory: str) -> dict[str, torch.Tensor]:
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt? {why})") from e
     return state
+
+
+SHARDS_INDEX = ".metadata"  # torch.distributed.checkpoint's index of a directory of shards
+
+
+def save_shards(model: SmolLM, directory: str) -> None:
+    """Every process calls it: each writes its own shards of the (FSDP-sharded) model into directory
+    (torch.distributed.checkpoint; the model's own keys, nothing gathered)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    with native_keys():
+        dcp.save(get_model_state_dict(model), checkpoint_id=directory)
+
+
+def load_shards(model: SmolLM, directory: str) -> None:
+    """The weights in directory (save_shards') into model, sharded or whole, on any number of processes:
+    each reads the parts it holds. A ValueError naming the directory when they do not fit the model."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    with native_keys(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        state = get_model_state_dict(model)
+        try:
+            dcp.load(state, checkpoint_id=directory)
+        except Exception as e:  # noqa: BLE001 -- DCP's CheckpointException holds every rank's error
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{directory}: shards that do not fit this model ({why})") from e
+        set_model_state_dict(model, state)
+
+
+def read_sharded(directory: str) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded checkpoint (its config.json and model/), with Hugging Face's keys."""
+    model = SmolLM.empty(ModelConfig.load(directory))
+    load_shards(model, os.path.join(directory, MODEL_SHARDS))
+    return model.state_dict()
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
@@ -219,14 +262,15 @@ def load_gguf(path: str, kernels: str = "torch") -> SmolLM:
     return model
 
 
-def write_hf_files(model: SmolLM, directory: str, tokenizer=None) -> None:
-    """config.json, model.safetensors (Hugging Face keys, the tied head left out as HF does),
-    generation_config.json and, given a tokenizer, its files, into an existing directory."""
+def write_hf_files(model: SmolLM, directory: str, tokenizer=None, weights: bool = True) -> None:
+    """config.json, model.safetensors (Hugging Face keys, the tied head left out as HF does; not when
+    weights is False), generation_config.json and, given a tokenizer, its files, into an existing directory."""
     model.config.save(directory)
-    # Copies: q/k/v and gate/up are views of one fused weight each, and safetensors refuses shared memory.
-    state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-             for k, v in model.state_dict().items() if k != TIED_KEY}
-    save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+    if weights:
+        # Copies: q/k/v and gate/up are views of one fused weight each, and safetensors refuses shared memory.
+        state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+                 for k, v in model.state_dict().items() if k != TIED_KEY}
+        save_file(state, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id}, f)
     if tokenizer is not None:

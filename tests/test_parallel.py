@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,3 +74,70 @@ def test_fsdp_on_gloo_matches_one_process(tmp_path, checkpointing):
         assert abs(a - b) <= 1e-5 * abs(a), (one["losses"], two["losses"])
     assert one["losses"][-1] < one["losses"][0]  # it trains
     assert two["local_params"] <= one["params"] // 2 + 1024  # dim-0 shards: half, up to padding
+
+
+# ---- parallel.strategy=fsdp in train.py: sharded checkpoints, resumed on other numbers of processes ----
+
+def _torchrun(n: int, tmp_path, args: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           os.path.join(ROOT, "train.py"), *args]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_fsdp_checkpoint_resumes_on_one_and_four_processes(tmp_path, dataset, gguf_path):
+    """Save on 2 processes (sharded: each writes its part), resume on 1 and on 4: the losses go on as an
+    uninterrupted run's (fp32, within 1e-5); the export of the sharded checkpoint loads in transformers
+    with the sharded weights."""
+    import smollm.training.loop as L
+    from smollm.checkpoint import is_sharded_checkpoint, list_checkpoints, verify_checkpoint
+    from smollm.export import export_run
+    from smollm.metrics import read_metrics
+    from smollm.train_config import load_config
+    from smollm.weights import read_safetensors, transformers_model
+    from conftest import micro_run_overrides
+
+    def args(out, batch, *extra):  # a global batch of 4 sequences, however many processes share it
+        return micro_run_overrides(out, dataset, gguf_path, "parallel.strategy=fsdp", "optim.kind=adamw", "train.grad_accum=1",
+                                   f"train.micro_batch={batch}", "train.max_steps=4", "log.ckpt_every=2",
+                                   "log.eval_every=2", *extra)
+
+    def config(*a):  # train.py's default config, as the torchrun processes read it
+        return load_config(os.path.join(ROOT, "configs", "tiny.yaml"), args(*a))
+
+    def losses(run):
+        return {m["step"]: m["loss"] for m in read_metrics(str(run)) if "loss" in m}
+
+    whole = tmp_path / "whole"
+    L.train(config(whole, 4))  # one process: plain, today's format
+    assert not is_sharded_checkpoint(list_checkpoints(str(whole))[-1][1])
+
+    two = tmp_path / "two"
+    _torchrun(2, tmp_path, args(two, 2, "train.max_steps=2"))
+    ckpt = list_checkpoints(str(two))[-1][1]
+    assert is_sharded_checkpoint(ckpt) and not os.path.exists(os.path.join(ckpt, "model.safetensors"))
+    assert sorted(f for f in os.listdir(os.path.join(ckpt, "model")) if f.endswith(".distcp")) == \
+        ["__0_0.distcp", "__1_0.distcp"]  # each process wrote its own part
+    verify_checkpoint(ckpt)  # checksummed, shards included
+    assert losses(two) == pytest.approx({s: losses(whole)[s] for s in (1, 2)}, rel=1e-5)
+
+    one = tmp_path / "one"
+    L.train(config(one, 4), resume=ckpt)
+    four = tmp_path / "four"
+    _torchrun(4, tmp_path, [*args(four, 1), f"--resume={ckpt}"])
+    for run in (one, four):
+        assert sorted(losses(run)) == [3, 4]
+        for s in (3, 4):
+            assert abs(losses(run)[s] - losses(whole)[s]) <= 1e-5 * losses(whole)[s], (run, s)
+    assert len([f for f in os.listdir(os.path.join(list_checkpoints(str(four))[-1][1], "model"))
+                if f.endswith(".distcp")]) == 4
+
+    out = export_run(str(two), str(tmp_path / "export"))
+    sharded = read_safetensors(ckpt)  # the shards, read whole in one process
+    hf = transformers_model(out).state_dict()
+    assert set(sharded) == set(hf)
+    for k, v in sharded.items():
+        assert torch.equal(hf[k], v), k

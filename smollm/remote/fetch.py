@@ -13,15 +13,16 @@ from smollm.checkpoint import CheckpointError, list_checkpoints, verify_checkpoi
 from smollm.files import atomic_dir, atomic_write_bytes, nearest_existing
 from smollm.remote.owner import read_owner, write_identity
 from smollm.remote.store import RemoteError, Store, connect, describe, retry
-from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, RUN_FILES, STEP_NAME, TRAINER_STATE, Run
+from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, RUN_FILES, STEP_NAME, TRAINER_STATE, Run, is_trainer_state
 
 def _fetch_checkpoint(store: Store, name: str, dest: str, with_state: bool) -> None:
     """store's checkpoints/name into the local directory dest (atomically), checked against its
     checkpoint.json's sha256 (a CheckpointError naming the bad file)."""
     rel = f"{CHECKPOINTS}/{name}"
     with atomic_dir(dest, overwrite=True) as tmp:
-        for f in store.listdir(rel):
-            if f != TRAINER_STATE or with_state:
+        for f in store.files(rel):  # a sharded checkpoint's model/ and optimizer/ files too
+            if not is_trainer_state(f) or with_state:
+                os.makedirs(os.path.dirname(os.path.join(tmp, f)), exist_ok=True)
                 retry(lambda f=f: store.fs.get_file(store.path(f"{rel}/{f}"), os.path.join(tmp, f)))
         verify_checkpoint(tmp, skip=() if with_state else (TRAINER_STATE,))
 

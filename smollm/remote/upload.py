@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from smollm.remote.owner import claim, read_owner
 from smollm.remote.store import RemoteError, Store, connect, describe, retry
-from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, LATEST, RUN_FILES, STEP_NAME, TRAINER_STATE, Run
+from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, LATEST, RUN_FILES, STEP_NAME, TRAINER_STATE, Run, is_trainer_state
 
 
 class Uploader:
@@ -164,17 +164,18 @@ class Uploader:
         local = os.path.join(self.run.checkpoints, name)
         for f, size in sorted(_sizes(local).items()):
             if f != CHECKPOINT_INFO and not (same and have.get(f) == size):
-                self._put_unless_pruned(os.path.join(local, f), f"{rel}/{f}")
+                self._put_unless_pruned(local, f, f"{rel}/{f}")
         retry(lambda: self.store.write(f"{rel}/{CHECKPOINT_INFO}", info))
         self.uploaded[name] = info
 
-    def _put_unless_pruned(self, local: str, rel: str) -> None:
-        """local to rel; nothing when local is an optimizer state the run pruned meanwhile (a newer
-        checkpoint came while this one was on its way: the remote prunes it too)."""
+    def _put_unless_pruned(self, ckpt: str, name: str, rel: str) -> None:
+        """The checkpoint ckpt's file name to rel; nothing when it is an optimizer state the run pruned
+        meanwhile (a newer checkpoint came while this one was on its way: the remote prunes it too)."""
+        local = os.path.join(ckpt, name)
         try:
             retry(lambda: self.store.put(local, rel))
         except FileNotFoundError:
-            if os.path.exists(local) or os.path.basename(local) != TRAINER_STATE:
+            if os.path.exists(local) or not is_trainer_state(name):
                 raise
 
     def _prune_trainer_states(self, there: dict[str, int]) -> None:
@@ -184,17 +185,21 @@ class Uploader:
                         and f"{f.split('/', 1)[0]}/{CHECKPOINT_INFO}" in there and STEP_NAME.match(f.split("/", 1)[0])},
                        key=lambda n: int(STEP_NAME.match(n).group(1)))
         for name in names[:-self.keep]:
-            retry(lambda n=name: self.store.remove(f"{CHECKPOINTS}/{n}/{TRAINER_STATE}"))
+            for f in [f for f in there if f.startswith(f"{name}/") and is_trainer_state(f[len(name) + 1:])]:
+                retry(lambda f=f: self.store.remove(f"{CHECKPOINTS}/{f}"))  # trainer_state.pt, optimizer/ shards
 
 
 def _sizes(directory: str) -> dict[str, int]:
-    """{file name: size} of a local checkpoint directory (a file pruned meanwhile is left out)."""
+    """{file path inside it: size} of a local checkpoint directory, its shards' directories too (a file
+    pruned meanwhile is left out)."""
     out = {}
-    for name in os.listdir(directory):
-        try:
-            out[name] = os.stat(os.path.join(directory, name)).st_size
-        except FileNotFoundError:
-            pass
+    for root, _, names in os.walk(directory):
+        rel = os.path.relpath(root, directory)
+        for name in names:
+            try:
+                out[name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")] = os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
     return out
 
 def _read_local_latest(run: Run) -> str | None:

@@ -22,7 +22,7 @@ from smollm.training.dataset import load_run_tokenizer, open_data, ready_dataset
 from smollm.training.device import check_fits, pick_device, ran_dtype
 from smollm.training.evaluation import downstream_due, eval_items, token_bytes
 from smollm.training.optimizer import apply_mid_run_settings, make_optimizer, make_scheduler
-from smollm.training.parallel import Dist, init_distributed, parallelize
+from smollm.training.parallel import Dist, check_shared_dir, from_rank0, init_distributed, is_sharded, parallelize
 from smollm.training.resume import data_changes, restore, resume_changes
 from smollm.training.rundir import open_log, remove_created_dirs, start_run_dir
 from smollm.training.signals import StopSignal
@@ -35,7 +35,8 @@ def banner(cfg: RunConfig, run: Run, d: Dist, device: torch.device, n_params: in
     """The run's first console line: the model, where it runs, the batch."""
     T, B, A = cfg.data.seq_len, cfg.train.micro_batch, cfg.train.grad_accum
     return (f"run {run.path}: {n_params:,} parameters, {cfg.model.kernels} kernels"
-            f"{', compiled' if cfg.model.compile else ''}, {device}, {d.world} process(es); "
+            f"{', compiled' if cfg.model.compile else ''}, {device}, {d.world} process(es)"
+            f"{f' ({cfg.parallel.strategy})' if d.world > 1 else ''}; "
             f"{B} x {A} x {d.world} sequences of {T} per step = {B * A * d.world * T:,} tokens"
             + (f"; resumed from {resumed} at step {step}" if resumed else ""))
 
@@ -60,6 +61,8 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     store = open_remote(cfg) if cfg.log.remote and d.main else None
     run, created = start_run_dir(cfg, d, resume)  # locked first: what is read below is not being written
     try:
+        if d.world > 1 and cfg.parallel.strategy == "fsdp":
+            check_shared_dir(run.path, d)
         ckpt = resolve_resumable(cfg.log.out_dir if resume == "latest" else resume) if resume is not None else None
         saved = load_checkpoint(ckpt) if ckpt else None  # before any work: a bad --resume fails at once
         changes = resume_changes(saved[2], cfg, ckpt) if saved else []
@@ -83,6 +86,7 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
     torch.manual_seed(cfg.train.seed)  # the initial weights, the same on every rank
     model = SmolLM(cfg.model_config(), kernels=cfg.model.kernels).to(device)
     model.train()
+    fwd, ddp = parallelize(model, cfg, d, device)  # first: FSDP replaces the parameters the optimizer takes
     opt = make_optimizer(model, cfg, device)
     sched = make_scheduler(opt, cfg)
     state = None
@@ -99,7 +103,6 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
                 console.say(f"resume: changed {what}; applied to the restored optimizer and schedule "
                             f"(the next step's lr is {sched.get_last_lr()[0]:.3e})")
     step = state.step if state else 0
-    fwd, ddp = parallelize(model, cfg, d, device)
 
     log = None
     if d.main:
@@ -125,13 +128,16 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
                    guard=NonFiniteGuard(device, run.path), stopper=stopper, bar=bar, console=console,
                    eta=Eta(cfg.train.max_steps), uploader=uploader, step=step,
                    tokens=state.tokens if state else 0, last_loss=state.last_loss if state else None,
-                   last_val=state.last_val_loss if state else None, data_identity=data_id)
+                   last_val=state.last_val_loss if state else None, data_identity=data_id, sharded=is_sharded(model))
     if d.main:
         t.token_bytes = token_bytes(tokenizer, model.config.vocab_size)
         t.eval_items, skipped = eval_items(cfg)
         if skipped:
             console.say(skipped, err=True)
-    if saved and d.main and not any(r["step"] == step for r in read_samples(run.path)):
+    missing = bool(saved) and d.main and not any(r["step"] == step for r in read_samples(run.path))
+    if t.sharded and from_rank0(missing):
+        t.eval_model()  # every process gathers the weights rank 0's samples run on
+    if missing:
         # A kill between the checkpoint's rename and its samples: the records an uninterrupted run has.
         console.say(f"note: {ckpt} has no samples record (the run stopped before writing it); writing it now")
         scored = [r["eval"] for r in read_metrics(run.path) if r.get("step") == step and "eval" in r]

@@ -1,6 +1,6 @@
 """Processes and model wrapping: one process, or one per GPU under torchrun, and the transforms a step's
-model gets from outside it (DistributedDataParallel, then torch.compile), and sharded data parallelism
-(FSDP2's fully_shard per block and on the root, optional activation checkpointing per block)."""
+model gets from outside it (parallel.strategy): DistributedDataParallel then torch.compile, or FSDP2
+(fully_shard per block and on the root, each block compiled); activation checkpointing per block."""
 
 from __future__ import annotations
 
@@ -52,16 +52,38 @@ def env_int(name: str, default: int) -> int:
 
 
 def parallelize(model: SmolLM, cfg: RunConfig, d: Dist, device: torch.device):
-    """(what a step calls, the DDP wrapper or None): DDP over several processes, then torch.compile."""
+    """(what a step calls, the DDP wrapper or None), the model changed in place where it must be: with
+    parallel.strategy=fsdp over several processes, sharded (shard(), each block compiled on its own,
+    as torchtitan does); otherwise DDP over several processes, then torch.compile of the whole.
+    parallel.checkpoint_activations applies either way. Build the optimizer after this: FSDP
+    replaces the parameters with their shards."""
+    param_dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else None
+    if cfg.model.compile:
+        register_inductor_fallbacks()  # torch < 2.13: else a deep triton-path model never compiles
+    if d.world > 1 and cfg.parallel.strategy == "fsdp":
+        if cfg.model.compile:
+            for block in model.model.layers:
+                block.compile()  # in place: FSDP's hooks stay outside the compiled graphs
+        return shard(model, param_dtype, cfg.parallel.checkpoint_activations), None
+    if cfg.parallel.checkpoint_activations:
+        checkpoint_blocks(model)
     ddp, fwd = None, model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.model.compile:
-        register_inductor_fallbacks()  # torch < 2.13: else a deep triton-path model never compiles
         fwd = torch.compile(fwd)
     return fwd, ddp
+
+
+def checkpoint_blocks(model: SmolLM) -> None:
+    """Each block's activations recomputed in the backward instead of kept (composable: the module
+    tree and parameter names stay the model's own)."""
+    from torch.distributed._composable import checkpoint
+
+    for block in model.model.layers:
+        checkpoint(block)
 
 
 def shard(model: SmolLM, param_dtype: torch.dtype | None = None, checkpoint_activations: bool = False) -> SmolLM:
@@ -69,13 +91,65 @@ def shard(model: SmolLM, param_dtype: torch.dtype | None = None, checkpoint_acti
     fully_shard on each block and on the root (the tied embedding and head, the final norm). Parameters
     are gathered in param_dtype for compute (None: as stored); gradients are reduced and the master
     weights kept in fp32. The module tree and the parameter names stay the model's own."""
-    from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    if checkpoint_activations:
+        checkpoint_blocks(model)
     for block in model.model.layers:
-        if checkpoint_activations:
-            checkpoint(block)  # recompute the block's activations in backward
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
+
+
+def check_shared_dir(path: str, d: Dist) -> None:
+    """Every process calls it, under FSDP: each writes its shards of a checkpoint into the run directory,
+    so every process must see rank 0's. A ConfigError (on every process) naming the hosts that do not."""
+    import socket
+    import uuid
+
+    name = from_rank0(f".shared-{uuid.uuid4().hex}" if d.main else None)
+    probe = os.path.join(path, name)
+    if d.main:
+        open(probe, "w").close()
+    dist.barrier()
+    seen = [None] * d.world
+    dist.all_gather_object(seen, (os.path.exists(probe), socket.gethostname()))
+    dist.barrier()
+    if d.main:
+        os.unlink(probe)
+    blind = sorted({host for ok, host in seen if not ok})
+    if blind:
+        raise ConfigError(f"log.out_dir: {path} is not visible from every process ({', '.join(blind)} cannot see "
+                          f"it); with parallel.strategy=fsdp each process writes its shards of every checkpoint "
+                          f"there, so put log.out_dir on a filesystem every node mounts")
+
+
+def from_rank0(value):
+    """Rank 0's value, on every process (a collective)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def unsharded_copy(model: SmolLM, device: torch.device) -> SmolLM | None:
+    """Every process calls it: the sharded model's full fp32 weights gathered into a plain copy on
+    rank 0 (its device), None elsewhere: what evaluation, samples and benchmarks run on (the KV-cache
+    decode calls the blocks without the root's forward, which FSDP needs to gather the embedding)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from smollm.model import native_keys
+
+    with native_keys():
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.get_rank() != 0:
+            return None
+        copy = SmolLM.empty(model.config, model.kernels)
+        copy.load_state_dict(full)
+    return copy.to(device)

@@ -6,17 +6,37 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from smollm.checkpoint import TrainerState, load_checkpoint, resolve_resumable, set_rng_states
-from smollm.runs import CONFIG, is_run_dir, refuse_if_locked, run_of_checkpoint
+from smollm.checkpoint import (CheckpointError, TrainerState, load_checkpoint, load_full_optimizer, load_optimizer_shards,
+                               resolve_resumable, set_rng_states)
+from smollm.runs import CONFIG, MODEL_SHARDS, is_run_dir, refuse_if_locked, run_of_checkpoint
 from smollm.train_config import ConfigError, RunConfig, ScheduleSection, apply_overrides, from_dict, load_config
-from smollm.training.parallel import Dist
-from smollm.weights import load_state_checked
+from smollm.training.parallel import Dist, is_sharded
+from smollm.weights import load_shards, load_state_checked
 
 
-def restore(ckpt: str, weights: dict, state: TrainerState, model, opt, sched, cfg: RunConfig, d: Dist) -> None:
-    """A checkpoint's weights, optimizer, scheduler and RNG states over the freshly built ones."""
-    load_state_checked(model, weights, ckpt)
-    opt.load_state_dict(state.optimizer)
+def restore(ckpt: str, weights: dict | None, state: TrainerState, model, opt, sched, cfg: RunConfig, d: Dist) -> None:
+    """A checkpoint's weights, optimizer, scheduler and RNG states over the freshly built ones (whole or
+    sharded, each either way: a sharded checkpoint (weights None) is read by every process for its
+    own part, on any number of processes; a whole one into a sharded model keeps each process's part)."""
+    if weights is None:
+        try:
+            load_shards(model, os.path.join(ckpt, MODEL_SHARDS))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from e
+        load_optimizer_shards(ckpt, model, opt)
+    elif is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from smollm.model import SmolLM, native_keys
+
+        whole = SmolLM.empty(model.config)  # Hugging Face's keys in, the model's own out
+        load_state_checked(whole, weights, ckpt)
+        with native_keys():
+            set_model_state_dict(model, whole.state_dict(), options=StateDictOptions(full_state_dict=True))
+        load_full_optimizer(model, opt, state.optimizer)
+    else:
+        load_state_checked(model, weights, ckpt)
+        opt.load_state_dict(state.optimizer)
     sched.load_state_dict(state.scheduler)
     set_rng_states(state.rng)
     if state.global_batch != d.world * cfg.train.micro_batch * cfg.train.grad_accum:

@@ -73,10 +73,11 @@ def optimizer_step(fwd, model, opt, micro, guard: NonFiniteGuard, step: int, gra
     """Step `step` (1-based): forward/backward over the micro-batches, clipping, AdamW. No host sync
     (tests/test_train.py counts them): returns the loss and the gradient norm as device tensors."""
     loss = forward_backward(fwd, micro, ddp, world, amp)
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])  # clip_grad_norm_'s two halves
     if grad_clip > 0:
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    else:
-        gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, total)
+    gnorm = total.full_tensor() if hasattr(total, "full_tensor") else total  # a DTensor when sharded (FSDP)
     if world > 1:
         dist.all_reduce(loss)
     found_inf = guard.update(step, loss, gnorm)

@@ -20,7 +20,7 @@ from smollm.samples import add_samples, continuations
 from smollm.train_config import RunConfig
 from smollm.training.device import autocast, out_of_memory_is_config_error
 from smollm.training.evaluation import downstream, downstream_due, validation_loss
-from smollm.training.parallel import Dist
+from smollm.training.parallel import Dist, unsharded_copy
 from smollm.training.signals import StopSignal
 from smollm.training.step import NonFiniteGuard, optimizer_step
 
@@ -83,6 +83,8 @@ class Trainer:
     eval_items: dict | None = None  # eval.tasks' items (rank 0), None when there is nothing to score
     last_eval: tuple[int, dict] | None = None  # (step, eval record) of the latest downstream evaluation
     data_identity: dict | None = None  # what the checkpoints record of the data (smollm.data.dataset_identity)
+    sharded: bool = False  # FSDP (parallel.strategy=fsdp on several processes): evaluations and checkpoints are collective
+    _whole: tuple[int, SmolLM | None] | None = None  # (step, the unsharded copy rank 0 evaluates) while sharded
 
     def amp(self):
         """The autocast context of one micro-batch's forward."""
@@ -92,8 +94,19 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.cfg.train.micro_batch * self.cfg.train.grad_accum * self.d.world * self.cfg.data.seq_len
 
+    def eval_model(self) -> SmolLM | None:
+        """The weights evaluations, benchmarks and samples run on: the model itself; when sharded, every
+        process calls this and rank 0 gets an unsharded copy (kept until the next step), the others None."""
+        if not self.sharded:
+            return self.model
+        if self._whole is None or self._whole[0] != self.step:
+            self._whole = None  # the last step's copy freed before the next is gathered
+            self._whole = (self.step, unsharded_copy(self.model, self.device))
+        return self._whole[1]
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step on the next batch: (loss, gradient norm) on the device, and its LR."""
+        self._whole = None
         B, A = self.cfg.train.micro_batch, self.cfg.train.grad_accum
         block = next(self.loader)  # (A * B, T)
         part = lambda t, i: None if t is None else t[i * B:(i + 1) * B]  # noqa: E731
@@ -148,10 +161,12 @@ class Trainer:
     def evaluate(self) -> None:
         """The validation loss and bits per byte, logged, then the benchmarks when eval.every says so
         (rank 0: the others go on and wait for it at the next sync)."""
+        if self.sharded and (self.val_windows is not None or downstream_due(self.cfg, self.step, checkpoint=False)):
+            self.eval_model()  # every process: the gather
         if not self.d.main:
             return
         if self.val_windows is not None:
-            v, bpb = validation_loss(self.model, self.val_windows, self.cfg, self.device, self.token_bytes)
+            v, bpb = validation_loss(self.eval_model(), self.val_windows, self.cfg, self.device, self.token_bytes)
             self.model.train()
             self.last_val = (self.step, v)
             self.log.write({"step": self.step, "tokens": self.tokens, "val_loss": v, "val_bpb": bpb})
@@ -163,7 +178,7 @@ class Trainer:
         """eval.tasks scored on the weights as they are, logged (rank 0)."""
         if not self.d.main or self.eval_items is None or (self.last_eval and self.last_eval[0] == self.step):
             return
-        record = downstream(self.model, self.tokenizer, self.eval_items, self.cfg, self.device)
+        record = downstream(self.eval_model(), self.tokenizer, self.eval_items, self.cfg, self.device)
         self.model.train()
         self.last_eval = (self.step, record)
         self.log.write({"step": self.step, "tokens": self.tokens, "eval": record})
@@ -176,19 +191,25 @@ class Trainer:
         c = self.cfg
         return TrainerState(step=self.step, tokens=self.tokens, seed=c.train.seed, world_size=self.d.world,
                             micro_batch=c.train.micro_batch, grad_accum=c.train.grad_accum,
-                            optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states(),
+                            optimizer=None if self.sharded else self.opt.state_dict(), scheduler=self.sched.state_dict(), rng=rng_states(),
                             last_loss=self.last_loss, last_val_loss=self.last_val, data_identity=self.data_identity)
 
     def save(self) -> None:
-        """A checkpoint of this step, then the fixed prompts continued by its weights (rank 0)."""
-        if not self.d.main:
-            return
+        """A checkpoint of this step (written by rank 0; when sharded, by every process, each its own
+        shards), then the fixed prompts continued by its weights (rank 0)."""
         c = self.cfg
-        if os.path.isdir(self.run.checkpoint(self.step)):  # resumed from an earlier checkpoint than this one
+        if self.d.main and os.path.isdir(self.run.checkpoint(self.step)):  # resumed from an earlier checkpoint
             self.console.say(f"note: replacing {self.run.checkpoint(self.step)}, written before this run was resumed "
                              f"from an earlier step")
-        path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
-                               keep_trainer_states=c.log.keep_trainer_states)
+        if self.sharded:
+            path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
+                                   keep_trainer_states=c.log.keep_trainer_states, sharded_opt=self.opt)
+            self.eval_model()  # every process: the gather
+        if not self.d.main:
+            return
+        if not self.sharded:
+            path = save_checkpoint(self.run.path, self.model, self.state(), c.to_yaml(), tokenizer=self.tokenizer,
+                                   keep_trainer_states=c.log.keep_trainer_states)
         if downstream_due(self.cfg, self.step, checkpoint=True):
             self.benchmark()  # before the samples record, which shows the scores beside the text
         self.write_samples()
@@ -200,7 +221,7 @@ class Trainer:
         """The samples record of this step's checkpoint: the fixed prompts continued by its weights
         (on their own generator: the training RNG is not touched)."""
         s = self.cfg.sample
-        texts = continuations(self.model, self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
+        texts = continuations(self.eval_model(), self.tokenizer, s.prompts, s.max_new_tokens, s.temperature, s.top_k, s.seed)
         self.model.train()
         val = self.last_val[1] if self.last_val and self.last_val[0] == self.step else None
         record = {"step": self.step, "tokens": self.tokens, "loss": self.last_loss, "val_loss": val,
