@@ -80,7 +80,7 @@ def test_a_failed_write_leaves_the_checkpoints_and_latest_as_they_were(tmp_path,
     if failing == "tokenizer files":  # model.safetensors is written, then the tokenizer's files fail
         real = C.write_hf_files
 
-        def weights_then_disk_full(model, directory, tokenizer):
+        def weights_then_disk_full(model, directory, tokenizer, weights=True):
             real(model, directory, None)
             assert os.path.exists(os.path.join(directory, "model.safetensors"))
             disk_full()

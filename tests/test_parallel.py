@@ -26,7 +26,7 @@ rank = dist.get_rank() if world > 1 else 0
 torch.manual_seed(0)
 cfg = get_preset("tiny")
 cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 512, 2, 64, 128
-model = SmolLM(cfg)
+model = SmolLM(cfg, kernels=sys.argv[2])
 unsharded = sum(p.numel() for p in model.parameters())
 names = list(model.state_dict())
 if world > 1:
@@ -53,23 +53,23 @@ if rank == 0:
 """
 
 
-def _run(tmp_path, world: int, checkpointing: bool) -> dict:
+def _run(tmp_path, world: int, checkpointing: bool, kernels: str = "torch") -> dict:
     script = tmp_path / "fsdp_check.py"
     script.write_text(SCRIPT)
     launch = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   f"--nproc_per_node={world}"]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*launch, str(script), "1" if checkpointing else "0"], cwd=tmp_path, env=env,
+    r = subprocess.run([*launch, str(script), "1" if checkpointing else "0", kernels], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_fsdp_on_gloo_matches_one_process(tmp_path, checkpointing):
-    """fp32: the same losses within 1e-5 (with activation checkpointing too), each rank holding half
-    of the parameters."""
-    one, two = _run(tmp_path, 1, False), _run(tmp_path, 2, checkpointing)
+@pytest.mark.parametrize("checkpointing,kernels", [(False, "torch"), (True, "torch"), (False, "triton")])
+def test_fsdp_on_gloo_matches_one_process(tmp_path, checkpointing, kernels):
+    """fp32: the same losses within 1e-5 (with activation checkpointing too, and with our Triton ops and
+    the fused cross-entropy), each rank holding half of the parameters."""
+    one, two = _run(tmp_path, 1, False, kernels), _run(tmp_path, 2, checkpointing, kernels)
     for a, b in zip(one["losses"], two["losses"], strict=True):
         assert abs(a - b) <= 1e-5 * abs(a), (one["losses"], two["losses"])
     assert one["losses"][-1] < one["losses"][0]  # it trains
@@ -141,3 +141,40 @@ def test_fsdp_checkpoint_resumes_on_one_and_four_processes(tmp_path, dataset, gg
     assert set(sharded) == set(hf)
     for k, v in sharded.items():
         assert torch.equal(hf[k], v), k
+
+
+# One step of the 360M preset, sharded over 2 processes: each holds half of the weights, and its peak
+# memory is what smollm.training.device.memory_estimate says within 15%.
+SCRIPT_360M = r"""
+import json, os, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from test_device import measured_peak, micro_config
+from smollm.training.device import memory_estimate
+
+dist.init_process_group("gloo")
+cfg = micro_config("model.preset=smollm2-360m", "model.kernels=torch", "parallel.strategy=fsdp", "train.micro_batch=1",
+                   "data.seq_len=33")
+cfg.data.seq_len -= 1
+peak, loss = measured_peak(cfg, world=2, rank=dist.get_rank())
+print(json.dumps({"rank": dist.get_rank(), "peak": peak, "loss": loss,
+                  "estimate": memory_estimate(cfg, torch.device("cpu"), world=2).total}), flush=True)
+"""
+
+
+def test_a_360m_step_sharded_over_two_processes(tmp_path):
+    from smollm.config import get_preset
+
+    script = tmp_path / "fsdp_360m.py"
+    script.write_text(SCRIPT_360M)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), ROOT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert sorted(row["rank"] for row in rows) == [0, 1]
+    whole = 16 * get_preset("smollm2-360m").n_params  # one process: weights, gradients, AdamW's moments (fp32)
+    for row in rows:
+        assert torch.isfinite(torch.tensor(row["loss"]))
+        assert abs(row["estimate"] - row["peak"]) <= 0.15 * row["peak"], row
+        assert row["peak"] < 0.7 * whole  # about half of one process's, with FSDP's gathered weights

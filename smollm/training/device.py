@@ -4,7 +4,9 @@ the forward (autocast), and the memory checks that turn a batch too big into one
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -37,18 +39,74 @@ def autocast(device: torch.device, cfg: RunConfig):
     return contextlib.nullcontext()
 
 
-def memory_floor(cfg: RunConfig, device: torch.device) -> int:
-    """Bytes that a training step needs at the least: the fp32 weights and AdamW's two moments (12
-    bytes a parameter, kept from step to step; the gradients come and go), one saved activation of
-    the residual stream per layer, and, on the torch path, the (micro_batch x seq_len, vocab)
-    log-probabilities and their gradient, alive together in the backward (the Triton path's fused
-    loss holds one chunk of them). A lower bound: a step over it cannot fit; one under it may still
-    not."""
+@dataclass
+class MemoryEstimate:
+    """A step's peak memory on one process, in bytes, by what holds it (memory_estimate)."""
+
+    weights: int  # the fp32 master weights (this process's shard under FSDP)
+    gradients: int  # fp32, as many as the weights
+    optimizer: int  # AdamW's two moments; Muon's momentum on its matrices
+    activations: int  # what the forward saves for the backward, one micro-batch
+    loss: int  # the cross-entropy's logits and their gradients (torch path), or one chunk of them (triton)
+    gathered: int = 0  # FSDP: the unsharded weights and gradients in flight (the root's, two blocks')
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def describe(self) -> str:
+        """'6.1 GiB: weights 1.3, gradients 1.3, ...' (GiB)."""
+        parts = [(f.name if f.name != "gathered" else "FSDP buffers", getattr(self, f.name))
+                 for f in dataclasses.fields(self)]
+        return f"{self.total / GIB:,.1f} GiB: " + ", ".join(f"{name} {n / GIB:,.1f}" for name, n in parts if n)
+
+
+GIB = 2 ** 30
+
+
+def memory_estimate(cfg: RunConfig, device: torch.device, world: int = 1) -> MemoryEstimate:
+    """A training step's peak memory on one process, before anything is allocated: the weights, their
+    gradients and the optimizer state (each process's shard under FSDP), the activations one micro-batch
+    saves for the backward (per token and layer, counted from what each path's ops save: the residual
+    stream and norm statistics in fp32, the rest in the forward's dtype; with activation checkpointing
+    each block's input plus one block's), the loss's logits, and FSDP's gathered weights and gradients.
+    Everything is counted at once, as the CPU's allocation accounting sees a step (tests/test_parallel.py
+    checks it within 15% of measured CPU peaks); on a GPU the backward frees activations as the
+    gradients come, so it errs high there."""
+    from smollm.kernels.cross_entropy import budget_chunk_rows
+
     m = cfg.model_config()
-    tokens = cfg.train.micro_batch * cfg.data.seq_len
+    P, D, L, F, V = m.n_params, m.hidden_size, m.num_hidden_layers, m.intermediate_size, m.vocab_size
+    hq, hkv = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
+    sharded = world > 1 and cfg.parallel.strategy == "fsdp"
+    local = -(-P // world) if sharded else P
     act = 2 if ran_dtype(cfg, device) == "bf16" else 4  # bytes an activation element
-    logits = 0 if cfg.model.kernels == "triton" else 2 * tokens * m.vocab_size * act
-    return 12 * m.n_params + tokens * m.hidden_size * m.num_hidden_layers * act + logits
+    N = cfg.train.micro_batch * cfg.data.seq_len  # tokens per micro-batch
+    # Per token and layer: each norm's residual (fp32) and statistic, q, k, the fused qkv output (v is a
+    # view of it), the attention's log-sum-exp, the o_proj input and q's copy, the MLP's gate-up output and
+    # the swiglu output; the torch path's separate ops keep one more D (the norm) and one more F.
+    fp32 = 2 + D + m.num_attention_heads  # the statistics, the residual, the log-sum-exp
+    rest = (3 * D + 2 * hq + hkv + hq + 2 * hkv + 3 * F) + (D + hq + F if cfg.model.kernels == "torch" else 0)
+    per_layer = N * (4 * fp32 + act * rest)
+    if cfg.parallel.checkpoint_activations:
+        activations = N * L * 2 * D * 4 + per_layer  # each block's inputs (the residual and the last branch), one block
+    else:
+        activations = L * per_layer
+    if cfg.model.kernels == "torch":  # the logits, their log-softmax and its gradient, in fp32
+        loss = 3 * N * V * 4
+    else:  # one chunk of logits, the hidden states' gradient (the embedding's is the gradients' own)
+        loss = budget_chunk_rows(N, V, act) * V * act + N * D * 4
+    optimizer = 8 * local
+    if cfg.optim.kind == "muon":  # momentum only, on the blocks' matrices; AdamW on the embedding and norms
+        matrices = L * (D * (hq + 2 * hkv) + hq * D + 3 * D * F)
+        optimizer = 4 * matrices + 8 * (P - matrices)
+    gathered = 0
+    if sharded:
+        block = (P - V * D - D) // L
+        pbytes = act if cfg.train.dtype == "bf16" else 4
+        gathered = V * D * pbytes + 2 * V * D * 4 + 2 * block * pbytes + block * 4
+    return MemoryEstimate(weights=4 * local, gradients=4 * local, optimizer=optimizer, activations=activations,
+                          loss=loss, gathered=gathered)
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -61,16 +119,21 @@ def device_memory(device: torch.device) -> int | None:
 
 
 def _too_big(cfg: RunConfig, device: torch.device, why: str) -> ConfigError:
+    more = [] if cfg.parallel.checkpoint_activations else ["parallel.checkpoint_activations=true"]
+    more += [] if cfg.parallel.strategy == "fsdp" else ["parallel.strategy=fsdp over several GPUs"]
     return ConfigError(f"train.micro_batch={cfg.train.micro_batch} x data.seq_len={cfg.data.seq_len} does not fit in "
-                       f"memory on {device} ({why}); lower train.micro_batch (and raise train.grad_accum)")
+                       f"memory on {device} ({why}); lower train.micro_batch (and raise train.grad_accum)"
+                       + "".join(f", or {m}" for m in more))
 
 
-def check_fits(cfg: RunConfig, device: torch.device) -> None:
-    """Fail at once, not after minutes of swapping, when a step cannot fit in the device's memory."""
-    need, have = memory_floor(cfg, device), device_memory(device)
-    if have is not None and need > have:
-        raise _too_big(cfg, device, f"a step needs at least {need / 2 ** 30:,.1f} GiB, the device has "
-                                    f"{have / 2 ** 30:,.1f} GiB")
+def check_fits(cfg: RunConfig, device: torch.device, world: int = 1) -> MemoryEstimate:
+    """The step's memory estimate; a ConfigError at once, not after minutes of swapping or an OOM, when
+    it exceeds the device's memory, naming the sizes."""
+    need, have = memory_estimate(cfg, device, world), device_memory(device)
+    if have is not None and need.total > have:
+        raise _too_big(cfg, device, f"a step needs an estimated {need.describe()}; the device has "
+                                    f"{have / GIB:,.1f} GiB")
+    return need
 
 
 @contextlib.contextmanager
