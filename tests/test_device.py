@@ -14,8 +14,8 @@ from smollm.training.step import NonFiniteGuard, optimizer_step
 CPU = torch.device("cpu")
 
 
-def measured_peak(cfg: RunConfig, world: int = 1, rank: int = 0) -> tuple[int, float]:
-    """(bytes, loss): the peak tensor memory of a training step (the second: the first made the optimizer's
+def measured_peak(cfg: RunConfig, world: int = 1, rank: int = 0) -> tuple[int, float, int]:
+    """(bytes, loss, this process's parameters): the peak tensor memory of a training step (the second: the first made the optimizer's
     state), counting what is held between steps (weights, optimizer state) and what the step allocates."""
     torch.manual_seed(0)
     model = SmolLM(cfg.model_config(), kernels=cfg.model.kernels)
@@ -35,7 +35,7 @@ def measured_peak(cfg: RunConfig, world: int = 1, rank: int = 0) -> tuple[int, f
     local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
     held = [local(p) for p in model.parameters()] + [local(t) for s in opt.state.values() for t in s.values()]
     peak = sum(t.numel() * t.element_size() for t in held) + peak_extra_bytes(lambda: step(2))
-    return peak, float(out["loss"])
+    return peak, float(out["loss"]), sum(local(p).numel() for p in model.parameters())
 
 
 def micro_config(*extra: str) -> RunConfig:
@@ -53,7 +53,7 @@ def micro_config(*extra: str) -> RunConfig:
 def test_estimate_within_15_percent_of_the_measured_peak(extra):
     cfg = micro_config(*extra)
     cfg.data.seq_len -= 1  # the windows' length; the measured batch has one token more per row
-    peak, loss = measured_peak(cfg)
+    peak, loss, _ = measured_peak(cfg)
     est = memory_estimate(cfg, CPU)
     assert abs(est.total - peak) <= 0.15 * peak, (est.describe(), peak / 2 ** 30)
     assert torch.isfinite(torch.tensor(loss))

@@ -89,9 +89,10 @@ def _torchrun(n: int, tmp_path, args: list[str]) -> str:
 
 
 def test_fsdp_checkpoint_resumes_on_one_and_four_processes(tmp_path, dataset, gguf_path):
-    """Save on 2 processes (sharded: each writes its part), resume on 1 and on 4: the losses go on as an
-    uninterrupted run's (fp32, within 1e-5); the export of the sharded checkpoint loads in transformers
-    with the sharded weights."""
+    """Save on 2 processes (sharded: each writes its part), mirrored to a store; resume on 1 (from the
+    checkpoint) and on 4 (from the store): the losses go on as an uninterrupted run's (fp32, within 1e-5),
+    and a one-process checkpoint resumes sharded on 2 likewise. The export of the sharded checkpoint loads
+    in transformers with the sharded weights."""
     import smollm.training.loop as L
     from smollm.checkpoint import is_sharded_checkpoint, list_checkpoints, verify_checkpoint
     from smollm.export import export_run
@@ -100,10 +101,10 @@ def test_fsdp_checkpoint_resumes_on_one_and_four_processes(tmp_path, dataset, gg
     from smollm.weights import read_safetensors, transformers_model
     from conftest import micro_run_overrides
 
-    def args(out, batch, *extra):  # a global batch of 4 sequences, however many processes share it
-        return micro_run_overrides(out, dataset, gguf_path, "parallel.strategy=fsdp", "optim.kind=adamw", "train.grad_accum=1",
-                                   f"train.micro_batch={batch}", "train.max_steps=4", "log.ckpt_every=2",
-                                   "log.eval_every=2", *extra)
+    def args(out, batch, *extra):  # the tiny preset; a global batch of 4 sequences, however many processes share it
+        return micro_run_overrides(out, dataset, gguf_path, "model.overrides={}", "parallel.strategy=fsdp",
+                                   "optim.kind=adamw", "train.grad_accum=1", f"train.micro_batch={batch}", "train.max_steps=4",
+                                   "log.ckpt_every=2", "log.eval_every=2", *extra)
 
     def config(*a):  # train.py's default config, as the torchrun processes read it
         return load_config(os.path.join(ROOT, "configs", "tiny.yaml"), args(*a))
@@ -115,22 +116,28 @@ def test_fsdp_checkpoint_resumes_on_one_and_four_processes(tmp_path, dataset, gg
     L.train(config(whole, 4))  # one process: plain, today's format
     assert not is_sharded_checkpoint(list_checkpoints(str(whole))[-1][1])
 
-    two = tmp_path / "two"
-    _torchrun(2, tmp_path, args(two, 2, "train.max_steps=2"))
-    ckpt = list_checkpoints(str(two))[-1][1]
+    two, store = tmp_path / "two", tmp_path / "store"
+    _torchrun(2, tmp_path, args(two, 2, "train.max_steps=2", "log.ckpt_every=1", "log.keep_trainer_states=1",
+                                f"log.remote=file://{store}"))
+    (s1, first), (s2, ckpt) = list_checkpoints(str(two))
     assert is_sharded_checkpoint(ckpt) and not os.path.exists(os.path.join(ckpt, "model.safetensors"))
-    assert sorted(f for f in os.listdir(os.path.join(ckpt, "model")) if f.endswith(".distcp")) == \
-        ["__0_0.distcp", "__1_0.distcp"]  # each process wrote its own part
+    for where in (ckpt, store / "checkpoints" / "step_000002"):
+        for part in ("model", "optimizer"):  # each process wrote its own part; the store holds them all
+            assert sorted(f for f in os.listdir(os.path.join(where, part)) if f.endswith(".distcp")) == \
+                ["__0_0.distcp", "__1_0.distcp"], (where, part)
+    for where in (first, store / "checkpoints" / "step_000001"):  # pruned: the weights stay, the optimizer goes
+        assert os.path.isdir(os.path.join(where, "model")) and not os.path.exists(os.path.join(where, "optimizer"))
     verify_checkpoint(ckpt)  # checksummed, shards included
+    verify_checkpoint(first)
     assert losses(two) == pytest.approx({s: losses(whole)[s] for s in (1, 2)}, rel=1e-5)
 
-    one = tmp_path / "one"
+    one, four, again = tmp_path / "one", tmp_path / "four", tmp_path / "again"
     L.train(config(one, 4), resume=ckpt)
-    four = tmp_path / "four"
-    _torchrun(4, tmp_path, [*args(four, 1), f"--resume={ckpt}"])
-    for run in (one, four):
-        assert sorted(losses(run)) == [3, 4]
-        for s in (3, 4):
+    _torchrun(4, tmp_path, [*args(four, 1), f"--resume=file://{store}"])  # fetched from the store first
+    _torchrun(2, tmp_path, [*args(again, 2), f"--resume={list_checkpoints(str(whole))[0][1]}"])  # whole -> sharded
+    for run in (one, four, again):  # (four's metrics begin with two's: a run fetched from its store brings its record)
+        assert {3, 4} <= set(losses(run)), run
+        for s in losses(run):
             assert abs(losses(run)[s] - losses(whole)[s]) <= 1e-5 * losses(whole)[s], (run, s)
     assert len([f for f in os.listdir(os.path.join(list_checkpoints(str(four))[-1][1], "model"))
                 if f.endswith(".distcp")]) == 4
@@ -156,8 +163,8 @@ dist.init_process_group("gloo")
 cfg = micro_config("model.preset=smollm2-360m", "model.kernels=torch", "parallel.strategy=fsdp", "train.micro_batch=1",
                    "data.seq_len=33")
 cfg.data.seq_len -= 1
-peak, loss = measured_peak(cfg, world=2, rank=dist.get_rank())
-print(json.dumps({"rank": dist.get_rank(), "peak": peak, "loss": loss,
+peak, loss, local = measured_peak(cfg, world=2, rank=dist.get_rank())
+print(json.dumps({"rank": dist.get_rank(), "peak": peak, "loss": loss, "local_params": local,
                   "estimate": memory_estimate(cfg, torch.device("cpu"), world=2).total}), flush=True)
 """
 
@@ -173,8 +180,103 @@ def test_a_360m_step_sharded_over_two_processes(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert sorted(row["rank"] for row in rows) == [0, 1]
-    whole = 16 * get_preset("smollm2-360m").n_params  # one process: weights, gradients, AdamW's moments (fp32)
+    n = get_preset("smollm2-360m").n_params
+    whole = 16 * n  # one process: weights, gradients, AdamW's moments (fp32)
+    assert sum(row["local_params"] for row in rows) == n
     for row in rows:
+        assert abs(row["local_params"] - n / 2) <= 0.01 * n  # half the parameters each (up to padding)
         assert torch.isfinite(torch.tensor(row["loss"]))
         assert abs(row["estimate"] - row["peak"]) <= 0.15 * row["peak"], row
         assert row["peak"] < 0.7 * whole  # about half of one process's, with FSDP's gathered weights
+
+
+def test_a_lost_process_stops_the_run_cleanly_and_it_resumes(tmp_path, dataset, gguf_path):
+    """A process of a 2-process FSDP run is killed (its node lost): the other stops with one line naming
+    the latest checkpoint, releases the run's lock, and the checkpoints written so far are whole and
+    resume (here on one process)."""
+    import signal
+    import time
+
+    import smollm.training.loop as L
+    from smollm.checkpoint import list_checkpoints, verify_checkpoint
+    from smollm.train_config import load_config
+    from conftest import micro_run_overrides
+
+    run = tmp_path / "run"
+    args = micro_run_overrides(run, dataset, gguf_path, "parallel.strategy=fsdp", "optim.kind=adamw",
+                               "train.micro_batch=2", "train.grad_accum=1", "train.max_steps=100000",
+                               "log.ckpt_every=3", "log.eval_every=100000")
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "train.py"), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list_checkpoints(str(run))) < 2 and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None and list_checkpoints(str(run)), "no checkpoint before the deadline"
+        ranks = {}
+        for pid in os.listdir("/proc"):
+            try:
+                environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if b"TORCHELASTIC_RUN_ID" in b"".join(environ) and str(tmp_path).encode() in open(
+                    f"/proc/{pid}/cmdline", "rb").read():
+                ranks.update({int(v[5:]): int(pid) for v in environ if v.startswith(b"RANK=")})
+        os.kill(ranks[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "error: a process of this run was lost (" in out and "; the run stopped. Its checkpoints are whole" in out
+    assert not (run / "train.lock").exists()
+    step, last = list_checkpoints(str(run))[-1]
+    verify_checkpoint(last)
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"),
+                      [*args, "train.micro_batch=4", f"train.max_steps={step + 1}"])
+    assert L.train(cfg, resume=str(run))["step"] == step + 1  # the lost run goes on, on one process
+
+
+SCRIPT_SHARED = r"""
+import os, sys
+import torch.distributed as dist
+from smollm.train_config import ConfigError
+from smollm.training.parallel import Dist, check_shared_dir
+
+dist.init_process_group("gloo")
+d = Dist(dist.get_rank(), dist.get_world_size(), 0)
+mine = sys.argv[1] if sys.argv[2] == "shared" or d.main else sys.argv[1] + "-elsewhere"  # another node's disk
+os.makedirs(mine, exist_ok=True)
+try:
+    check_shared_dir(mine, d)
+    line = f"rank {d.rank}: ok"
+except ConfigError as e:
+    line = f"rank {d.rank}: {e}"
+os.write(1, (line + "\n").encode())  # one write: the two ranks share stdout
+dist.destroy_process_group()
+
+"""
+
+
+@pytest.mark.parametrize("where", ["shared", "apart"])
+def test_fsdp_needs_a_run_directory_every_process_sees(tmp_path, where):
+    script = tmp_path / "shared_check.py"
+    script.write_text(SCRIPT_SHARED)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path / "run"), where], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+    if where == "shared":
+        assert lines == ["rank 0: ok", "rank 1: ok"]
+    else:
+        import socket
+
+        assert len(lines) == 2 and all(f"log.out_dir: {tmp_path / 'run'}" in line and
+                                       f"is not visible from every process ({socket.gethostname()} cannot see it)"
+                                       in line for line in lines), lines
+    assert [f for f in os.listdir(tmp_path / "run") if f.startswith(".shared-")] == []  # the probe removed

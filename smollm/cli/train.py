@@ -65,6 +65,8 @@ def train_command(args) -> int:
 
     def fail(e: BaseException, code: int) -> int:
         print(f"error: {error_line(e)}", file=sys.stderr)
+        if dist.is_initialized():  # every process meets the same error (a config, a checkpoint): leave together
+            dist.destroy_process_group()
         return code
 
     cfg = ckpt = None
@@ -92,6 +94,14 @@ def train_command(args) -> int:
         print(f"aborted by Ctrl-C: no checkpoint of the step in progress; the latest is {last or 'none'}",
               file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not lost_process(e):
+            raise
+        last = latest_checkpoint(cfg.log.out_dir) if cfg is not None else None
+        print(f"error: a process of this run was lost ({error_line(e)}); the run stopped. Its checkpoints are whole: "
+              f"resume from the latest, {last or 'none yet'}, on any number of processes (train.py --resume "
+              f"{cfg.log.out_dir if cfg is not None else 'RUN'})", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, OSError, ShardError, yaml.YAMLError) as e:
         # ConfigError, FileExistsError (a lock held, a run dir with checkpoints), FileNotFoundError,
         # unreadable or corrupt checkpoint files (load_checkpoint: ValueError naming the file)
@@ -101,6 +111,16 @@ def train_command(args) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def lost_process(e: RuntimeError) -> bool:
+    """Whether e is a collective that failed because another process of the run is gone (killed, its
+    node lost, its connection cut): torch.distributed's own errors, gloo's dropped connections."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return dist.is_initialized() and (isinstance(e, dist.DistError) or any(
+        s in text for s in ("closed by peer", "reset by peer", "Broken pipe", "Connection refused")))
 
 
 def run_command(command: str, args) -> int:

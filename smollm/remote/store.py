@@ -79,6 +79,13 @@ class Store:
             self.fs.rm_file(self.path(rel))
         except FileNotFoundError:
             pass
+        # A directory store (file://) keeps no directory the removal emptied (a pruned optimizer/ of a
+        # sharded checkpoint); an object store has no directories to keep.
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        parent = rel.rpartition("/")[0]
+        while "file" in protocol and parent and os.path.isdir(self.path(parent)) and not os.listdir(self.path(parent)):
+            os.rmdir(self.path(parent))
+            parent = parent.rpartition("/")[0]
 
     def files(self, rel: str) -> dict[str, int]:
         """{path below rel: size} of every file under rel, in one listing (an object store's, not a

@@ -55,10 +55,11 @@ class MemoryEstimate:
         return sum(getattr(self, f.name) for f in dataclasses.fields(self))
 
     def describe(self) -> str:
-        """'6.1 GiB: weights 1.3, gradients 1.3, ...' (GiB)."""
+        """'6.1 GiB: weights 1.3, gradients 1.3, ...' (MiB below 1 GiB)."""
         parts = [(f.name if f.name != "gathered" else "FSDP buffers", getattr(self, f.name))
                  for f in dataclasses.fields(self)]
-        return f"{self.total / GIB:,.1f} GiB: " + ", ".join(f"{name} {n / GIB:,.1f}" for name, n in parts if n)
+        unit, size = ("GiB", GIB) if self.total >= GIB else ("MiB", 2 ** 20)
+        return f"{self.total / size:,.1f} {unit}: " + ", ".join(f"{name} {n / size:,.1f}" for name, n in parts if n)
 
 
 GIB = 2 ** 30

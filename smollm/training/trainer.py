@@ -161,8 +161,8 @@ class Trainer:
     def evaluate(self) -> None:
         """The validation loss and bits per byte, logged, then the benchmarks when eval.every says so
         (rank 0: the others go on and wait for it at the next sync)."""
-        if self.sharded and (self.val_windows is not None or downstream_due(self.cfg, self.step, checkpoint=False)):
-            self.eval_model()  # every process: the gather
+        if self.sharded:
+            self.eval_model()  # every process: the gather (whatever a rank's own state says)
         if not self.d.main:
             return
         if self.val_windows is not None:
