@@ -280,3 +280,21 @@ def test_fsdp_needs_a_run_directory_every_process_sees(tmp_path, where):
                                        f"is not visible from every process ({socket.gethostname()} cannot see it)"
                                        in line for line in lines), lines
     assert [f for f in os.listdir(tmp_path / "run") if f.startswith(".shared-")] == []  # the probe removed
+
+
+def test_a_failed_fetch_on_several_processes_stops_every_process_with_its_line(tmp_path):
+    """--resume URL under torchrun: rank 0 alone fetches (four processes fetching into one directory raced);
+    when it cannot, it says why in one line and the launch ends: the others waited for its answer on
+    torchrun's store, neither fetching on their own nor hanging."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py"), f"--resume=file://{tmp_path / 'empty'}",
+                        f"log.out_dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert out.count("resume: fetching") == 1, out
+    said = "holds no finished checkpoint with a trainer state"
+    assert f"error: --resume: file://{tmp_path / 'empty'} {said}" in out, out
+    assert not os.path.exists(tmp_path / "run")

@@ -125,6 +125,35 @@ def check_shared_dir(path: str, d: Dist) -> None:
                           f"there, so put log.out_dir on a filesystem every node mounts")
 
 
+def rank0_before_group(key: str, work):
+    """work() on rank 0 alone, before the process group exists (its backend and size come from what work
+    finds: a run fetched from a store); every process gets rank 0's JSON-able result, or raises its
+    error. The others wait on torchrun's own store (a failed rank 0 ends them: torchrun stops its workers)."""
+    import json
+    from datetime import timedelta
+
+    if env_int("WORLD_SIZE", 1) <= 1:
+        return work()
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise ConfigError(f"{key} on several processes needs torchrun (the processes meet at its store first); "
+                          f"launch with torchrun, or run it once on one process")
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], env_int("MASTER_PORT", 0), is_master=False,
+                          timeout=timedelta(hours=6))  # rank 0 may be fetching a large checkpoint meanwhile
+    slot = f"smollm/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restarted launch asks again
+    if env_int("RANK", 0) == 0:
+        try:
+            result = work()
+        except Exception as e:  # noqa: BLE001 -- said by rank 0 itself; the others stop with it
+            store.set(slot, json.dumps({"error": f"rank 0: {e}"}))
+            raise
+        store.set(slot, json.dumps({"result": result}))
+        return result
+    answer = json.loads(store.get(slot))
+    if "error" in answer:
+        raise ConfigError(answer["error"])
+    return answer["result"]
+
+
 def from_rank0(value):
     """Rank 0's value, on every process (a collective)."""
     box = [value]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from smollm.checkpoint import (CheckpointError, TrainerState, load_checkpoint, load_full_optimizer, load_optimizer_shards,
-                               resolve_resumable, set_rng_states)
+from smollm.checkpoint import (CheckpointError, TrainerState, list_checkpoints, load_checkpoint, load_full_optimizer,
+                               load_optimizer_shards, resolve_resumable, set_rng_states)
 from smollm.runs import CONFIG, MODEL_SHARDS, is_run_dir, refuse_if_locked, run_of_checkpoint
 from smollm.train_config import ConfigError, RunConfig, ScheduleSection, apply_overrides, from_dict, load_config
 from smollm.training.parallel import Dist, is_sharded
@@ -105,7 +105,20 @@ def fetch_remote_run(url: str, overrides: list[str]) -> tuple[str, list[str]]:
     """--resume URL: the remote run's files and newest resumable checkpoint brought into log.out_dir=
     when given, else into the out_dir its own config names (smollm.remote.fetch_run). Returns it and
     the overrides the run goes on with: it mirrors back to url (not to the log.remote its config names,
-    which is another run's copy when url is a copy), unless log.remote=... is given."""
+    which is another run's copy when url is a copy), unless log.remote=... is given. Under torchrun,
+    rank 0 fetches and the others take its directory, which they must see (FSDP's shared out_dir)."""
+    import socket
+
+    from smollm.training.parallel import rank0_before_group
+
+    dest, overrides = rank0_before_group("--resume", lambda: _fetch_remote_run(url, overrides))
+    if not list_checkpoints(dest):
+        raise ConfigError(f"log.out_dir: {dest}, where rank 0 fetched {url}, is not visible from "
+                          f"{socket.gethostname()}; with several nodes put log.out_dir on a filesystem every node mounts")
+    return dest, overrides
+
+
+def _fetch_remote_run(url: str, overrides: list[str]) -> tuple[str, list[str]]:
     import yaml
 
     from smollm.remote import RemoteError, connect, describe, fetch_run
