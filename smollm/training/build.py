@@ -19,7 +19,7 @@ from smollm.runs import Run, release_lock
 from smollm.samples import read_samples
 from smollm.train_config import RunConfig
 from smollm.training.dataset import load_run_tokenizer, open_data, ready_dataset
-from smollm.training.device import GIB, check_fits, device_memory, memory_estimate, pick_device, ran_dtype
+from smollm.training.device import GIB, MemoryEstimate, check_fits, device_memory, pick_device, ran_dtype
 from smollm.training.evaluation import downstream_due, eval_items, token_bytes
 from smollm.training.optimizer import apply_mid_run_settings, make_optimizer, make_scheduler
 from smollm.training.parallel import Dist, check_shared_dir, from_rank0, init_distributed, is_sharded, parallelize
@@ -57,7 +57,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
     d = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device, d)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dtype=ran_dtype(cfg, device)))
-    check_fits(cfg, device, d.world)
+    need = check_fits(cfg, device, d.world)  # refused here, printed once the run is set up
     store = open_remote(cfg) if cfg.log.remote and d.main else None
     run, created = start_run_dir(cfg, d, resume)  # locked first: what is read below is not being written
     try:
@@ -69,7 +69,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
         run_id = identity_for_start(run.path, fresh=resume is None)
         note = check_owner(store, run_id, run.path, fresh=resume is None) if store is not None else None
         ready_dataset(cfg, d)
-        return _build(cfg, d, device, run, ckpt, saved, changes, store, run_id, note)
+        return _build(cfg, d, device, run, ckpt, saved, changes, store, run_id, note, need)
     except BaseException:
         if d.main:
             release_lock(run.path)
@@ -78,7 +78,7 @@ def setup(cfg: RunConfig, resume: str | None) -> Trainer:
 
 
 def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | None, saved, changes,
-           store, run_id: dict, note: str | None) -> Trainer:
+           store, run_id: dict, note: str | None, need: MemoryEstimate) -> Trainer:
     train_windows, val_windows = open_data(cfg, d)
     console = Console(run.path if d.main else None)
     tokenizer = load_run_tokenizer(cfg) if d.main else None
@@ -109,7 +109,7 @@ def _build(cfg: RunConfig, d: Dist, device: torch.device, run: Run, ckpt: str | 
         log = open_log(cfg, run, step if saved else -1, run_id)  # a new run: no record of an earlier start
         console.say(banner(cfg, run, d, device, model.config.n_params, ckpt, step))
         have = device_memory(device)
-        console.say(f"memory: a step needs an estimated {memory_estimate(cfg, device, d.world).describe()} per process"
+        console.say(f"memory: a step needs an estimated {need.describe()} per process"
                     + (f", of the device's {have / GIB:,.1f} GiB" if have else ""))
         if note:
             console.say(note)
