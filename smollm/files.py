@@ -3,8 +3,9 @@
 or directory is built under a temporary name beside its destination, fsynced, then renamed over
 it, so a reader (or a crash) sees the old one or the whole new one, never a mix.
 
-Also the one test of whether a string names a Hugging Face hub repository rather than a path, and
-what a model or tokenizer source that names neither says (SourceNotFound)."""
+Also the one test of whether a string names a Hugging Face hub repository rather than a path, what a
+model or tokenizer source that names neither says (SourceNotFound), and where the project keeps what it
+can rebuild (cache_root)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ class SourceNotFound(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.describe(self.label)
+
+
+def cache_root() -> str:
+    """What the project keeps to reuse and can always rebuild (fetched checkpoints, converted
+    tokenizers): $SMOLLM_CACHE, else ~/.cache/smollm-triton."""
+    return os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
 
 
 def nearest_existing(path: str) -> str:

@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +10,16 @@ from smollm.tokenizer import smollm2_gguf_path
 # The kernel tests run where the kernels run: compiled on a GPU when there is one (bench/gpu.sh runs
 # them there: the interpreter cannot catch compiler bugs), else in the interpreter on the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pytest_configure(config):
+    """The suite's own cache (SMOLLM_CACHE: converted tokenizers, fetched checkpoints), shared by the
+    processes it starts, so that a user's ~/.cache is neither read nor written and every run starts cold."""
+    config._smollm_cache = os.environ["SMOLLM_CACHE"] = tempfile.mkdtemp(prefix="smollm-test-cache-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_smollm_cache", ""), ignore_errors=True)
 
 
 def pytest_sessionstart(session):

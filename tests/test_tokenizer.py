@@ -102,3 +102,67 @@ def test_unreachable_hub_id():
     with pytest.raises(OSError, match=r"^tokenizer someone/no-such-tokenizer: no such file or directory here; as a "
                                       r"Hub id it failed: \w+: "):
         load_tokenizer("someone/no-such-tokenizer")
+
+
+# ---- the GGUF conversion's cache ----
+
+def _files(directory) -> dict:
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_a_cached_conversion_is_the_conversion(gguf_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOLLM_CACHE", str(tmp_path / "cache"))
+    fresh = tokenizer_module.tokenizer_from_gguf(gguf_path)  # converts, and keeps the conversion
+    assert os.listdir(tmp_path / "cache" / "tokenizers")
+
+    def no_conversion(path):
+        raise AssertionError("the GGUF was converted again")
+
+    monkeypatch.setattr(tokenizer_module, "_convert_gguf", no_conversion)
+    again = tokenizer_module.tokenizer_from_gguf(gguf_path)
+    assert again.name_or_path == fresh.name_or_path == os.path.abspath(gguf_path)
+    assert type(again) is type(fresh) and again.special_tokens_map == fresh.special_tokens_map
+    assert again.model_max_length == fresh.model_max_length == 8192
+    from conftest import PROMPTS
+
+    for text in [*PROMPTS, "year 2024 <|endoftext|> héllo"]:
+        assert again(text)["input_ids"] == fresh(text)["input_ids"]
+    # what a checkpoint keeps of it is the same bytes
+    fresh.save_pretrained(tmp_path / "fresh")
+    again.save_pretrained(tmp_path / "again")
+    assert _files(tmp_path / "again") == _files(tmp_path / "fresh")
+
+
+def test_a_torn_cache_entry_is_converted_again_and_repaired(gguf_path, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOLLM_CACHE", str(tmp_path / "cache"))
+    entry = tokenizer_module._conversion_dir(os.path.abspath(gguf_path))
+    os.makedirs(entry)
+    with open(os.path.join(entry, "tokenizer.json"), "w") as f:
+        f.write('{"version": "1.0", "trunc')  # a copy cut short by hand or a full disk
+    tok = tokenizer_module.tokenizer_from_gguf(gguf_path)
+    assert tok("year 2024")["input_ids"] == tokenizer("year 2024")["input_ids"]
+    assert tokenizer_module._tokenizer_from_dir(entry)("year 2024")["input_ids"] == tokenizer("year 2024")["input_ids"]
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_tokenizer(gguf_path, tokenizer, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("SMOLLM_CACHE", str(tmp_path / "a-file"))
+    tok = tokenizer_module.tokenizer_from_gguf(gguf_path)
+    assert tok("year 2024")["input_ids"] == tokenizer("year 2024")["input_ids"]
+    assert (tmp_path / "a-file").read_text() == "not a directory"
+
+
+def test_the_cache_key_follows_the_file_and_the_libraries(tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("SMOLLM_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF one")
+    first = tokenizer_module._conversion_dir(str(gguf))
+    assert first.startswith(str(tmp_path / "cache" / "tokenizers"))
+    assert tokenizer_module._conversion_dir(str(gguf)) == first  # stable
+    os.utime(gguf, ns=(1, 1))  # the same path, another file
+    second = tokenizer_module._conversion_dir(str(gguf))
+    assert second != first
+    monkeypatch.setattr(transformers, "__version__", "0.0.0")
+    assert tokenizer_module._conversion_dir(str(gguf)) not in (first, second)

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 
 from smollm.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
-from smollm.files import atomic_dir, atomic_write_bytes, nearest_existing
+from smollm.files import atomic_dir, atomic_write_bytes, cache_root, nearest_existing
 from smollm.remote.owner import read_owner, write_identity
 from smollm.remote.store import RemoteError, Store, connect, describe, retry
 from smollm.runs import CHECKPOINT_INFO, CHECKPOINTS, RUN_FILES, STEP_NAME, TRAINER_STATE, Run, is_trainer_state
@@ -94,18 +94,14 @@ def fetch_run(url: str, dest: str, options: dict | None = None) -> str:
 
 
 def cache_dir(url: str) -> str:
-    """Where fetch_weights keeps the checkpoints of url: $SMOLLM_CACHE, else ~/.cache/smollm-triton."""
-    return os.path.join(_cache_root(), "remote", hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
+    """Where fetch_weights keeps the checkpoints of url, under smollm.files.cache_root()."""
+    return os.path.join(cache_root(), "remote", hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
 
 
-def _cache_root() -> str:
-    return os.environ.get("SMOLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "smollm-triton")
-
-
-def _check_cache_root() -> None:
+def _checkcache_root() -> None:
     """The cache can hold directories: else one line naming it, not a store error after the download."""
     where = "SMOLLM_CACHE=" if os.environ.get("SMOLLM_CACHE") else "the cache "
-    root = nearest_existing(_cache_root())
+    root = nearest_existing(cache_root())
     if not os.path.isdir(root):
         raise RemoteError(f"{where}{root} is a file, not a directory; point SMOLLM_CACHE at a directory")
 
@@ -114,7 +110,7 @@ def fetch_weights(url: str, options: dict | None = None) -> str:
     """A local checkpoint directory (weights, config, tokenizer; no trainer state) of the run at url
     (its newest good checkpoint) or of the one checkpoint at url, kept in cache_dir(url) and reused
     while the store's checkpoint.json is the same."""
-    _check_cache_root()
+    _checkcache_root()
     store = connect(url, options, where="--model")
     try:
         if store.exists(CHECKPOINT_INFO):  # the URL of one checkpoint: <run>/checkpoints/<name>
