@@ -157,16 +157,16 @@ def test_zero_budget_skips_every_row_and_still_writes(tmp_path):
 
 def test_row_overrunning_the_budget_is_stopped_and_written(tmp_path):
     # The estimates scaled down so the triton-path row starts; its compile and 10^5 interpreted steps
-    # run past the hard stop. The budget counts from the script's start: 30 s leave room for its
+    # run past the hard stop. The budget counts from the script's start: 15 s leave room for its
     # imports on a loaded machine (with 5 s, a slow start skipped every row before any could run).
-    proc = run_script(tmp_path, *TINY, "--steps", "100000", "--sections", "b", "--budget-s", "30", "--hard-stop-s",
-                      "40", "--estimate-scale", "0.01", timeout=300)
+    proc = run_script(tmp_path, *TINY, "--steps", "100000", "--sections", "b", "--budget-s", "15", "--hard-stop-s",
+                      "20", "--estimate-scale", "0.01", timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows, md = read_rows(tmp_path)
     (row,) = rows
     assert row["name"] == "ours, triton path, compiled" and row["status"] == "skipped"
-    assert row["reason"].startswith("time budget: hard stop at 40 s")
-    assert "**Stopped at the hard stop at 40 s (budget 30 s) while running (b) ours, triton path, compiled" in md
+    assert row["reason"].startswith("time budget: hard stop at 20 s")
+    assert "**Stopped at the hard stop at 20 s (budget 15 s) while running (b) ours, triton path, compiled" in md
 
 
 @pytest.mark.parametrize("name,family", [
